@@ -1,0 +1,136 @@
+"""The offline commands: check, routes, explain and schema. None of them opens a socket."""
+
+from __future__ import annotations
+
+import json
+import sys
+from urllib.parse import urlsplit
+
+from ..config.errors import ConfigError
+from ..config.load import load_bytes, read
+from ..config.validate import SCHEMA_PATH
+from ..dispatch.compile import compile_table
+from ..routing import Found, MethodNotAllowed
+from ..runtime.status import RuntimeStatus
+from ..upstream.pool import UpstreamRegistry
+
+
+def _load(path: str):
+    """(config, None) or (None, exit code) after printing why."""
+    try:
+        raw = read(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return None, 2
+    try:
+        return load_bytes(raw, path), None
+    except ConfigError as exc:
+        return exc, 1
+
+
+def check(args) -> int:
+    config, code = _load(args.file)
+    if code == 2:
+        return 2
+    problems = config.problems if code else []
+    if args.format == "json":
+        print(json.dumps({"file": args.file, "ok": not problems, "errors": [
+            {"line": p.location.line, "column": p.location.column, "severity": p.severity, "message": p.message} for p in problems
+        ]}, indent=2))
+    elif args.format == "github":
+        for p in problems:
+            print(f"::{p.severity} file={p.location.file},line={p.location.line},col={p.location.column}::{p.message}")
+    else:
+        for p in problems:
+            print(p)
+    if problems:
+        if args.format == "text":
+            print(f"{args.file}: {len(problems)} error{'s' if len(problems) != 1 else ''}", file=sys.stderr)
+        return 1
+    if args.format == "text":
+        print(f"{args.file}: ok ({len(config.routes)} routes, {len(config.upstreams)} upstreams, {len(config.policies)} policies)")
+    return 0
+
+
+def _table(config):
+    live, _ = UpstreamRegistry().resolve(config.upstreams)
+    return compile_table(config, live, RuntimeStatus())
+
+
+def _describe(config, route) -> dict:
+    m = config.routes[route.index].match
+    return {
+        "index": route.index,
+        "name": route.name,
+        "line": config.marks.at(("routes", route.index)).line,
+        "match": m,
+        "policies": list(route.policies),
+        "action": route.action_kind,
+        "target": route.target,
+    }
+
+
+def routes(args) -> int:
+    config, code = _load(args.file)
+    if code:
+        if code == 1:
+            print(config, file=sys.stderr)
+        return code
+    rows = [_describe(config, r) for r in _table(config).routes]
+    if args.format == "json":
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'#':>3}  {'line':>4}  {'methods':<12} {'path':<32} {'policies':<20} action")
+    for row in rows:
+        m = row["match"]
+        path = m.get("path") or (m.get("path_prefix") and m["path_prefix"] + "*") or f"~{m.get('path_regex')}"
+        extra = "".join(f" {k}={m[k]}" for k in ("host", "headers", "query") if k in m)
+        print(
+            f"{row['index']:>3}  {row['line']:>4}  {','.join(m.get('methods', ['*'])):<12} {path + extra:<32} "
+            f"{','.join(row['policies']) or '-':<20} {row['action']} {row['target']}"
+        )
+    return 0
+
+
+def explain(args) -> int:
+    config, code = _load(args.file)
+    if code:
+        if code == 1:
+            print(config, file=sys.stderr)
+        return code
+    table = _table(config)
+    parts = urlsplit(args.target)
+    headers = []
+    for h in args.header:
+        name, _, value = h.partition(":")
+        headers.append((name.strip().lower().encode(), value.strip().encode()))
+    host = next((v.decode() for n, v in headers if n == b"host"), None)
+    method = args.method.upper()
+    path = parts.path or "/"
+    if path == config.observability.health_path:
+        out = {"result": "health", "message": f"{path} is the health endpoint"}
+    else:
+        result = table.router.match(method, path, host, headers, parts.query.encode())
+        if isinstance(result, Found):
+            out = {"result": "match", "params": result.params, "route": _describe(config, result.target)}
+        elif isinstance(result, MethodNotAllowed):
+            out = {"result": 405, "allow": list(result.allow), "message": f"the path matches, but not for {method}"}
+        else:
+            out = {"result": 404, "message": f"no route matches {method} {path}"}
+    if args.format == "json":
+        print(json.dumps(out, indent=2))
+    elif out["result"] == "match":
+        r = out["route"]
+        print(f"route {r['index']} {r['name']!r} (line {r['line']})")
+        print(f"  params:   {json.dumps(out['params'])}")
+        print(f"  policies: {', '.join(r['policies']) or '-'}")
+        print(f"  action:   {r['action']} {r['target']}")
+    else:
+        extra = f" (Allow: {', '.join(out['allow'])})" if "allow" in out else ""
+        print(f"{out['result']}: {out['message']}{extra}")
+    return 0 if out["result"] in ("match", "health") else 1
+
+
+def schema(args) -> int:
+    sys.stdout.write(SCHEMA_PATH.read_text())
+    return 0

@@ -1,0 +1,55 @@
+"""One request and its response: the ASGI callables plus what dispatch learned about the request.
+
+All responses leave through `start`, which is where `X-Request-Id` and `Server-Timing` are added,
+so no path (static, proxied, error) can forget them. Server-Timing is measured from the request's
+arrival in the app (`t0`) to the moment the response start is handed to the server.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from time import perf_counter_ns
+
+_JSON = (b"content-type", b"application/json")
+_RID_PREFIX = os.urandom(5).hex().encode()
+_rid_counter = itertools.count(1)
+
+
+def new_request_id() -> bytes:
+    """A unique id: a per-process random prefix and a counter (cheaper than uuid4 on the hot path)."""
+    return b"%s%010x" % (_RID_PREFIX, next(_rid_counter))
+
+
+class Exchange:
+    __slots__ = ("scope", "receive", "send", "t0", "request_id", "params", "timing", "started", "route_name")
+
+    def __init__(self, scope, receive, send, t0: int, request_id: bytes, timing: bool):
+        self.scope = scope
+        self.receive = receive
+        self.send = send
+        self.t0 = t0
+        self.request_id = request_id
+        self.timing = timing
+        self.params: dict[str, str] = {}
+        self.started = False
+        self.route_name = ""
+
+    async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        """Send the response start; `headers` is extended in place."""
+        headers.append((b"x-request-id", self.request_id))
+        if self.timing:
+            headers.append((b"server-timing", b"total;dur=%.3f" % ((perf_counter_ns() - self.t0) / 1e6)))
+        self.started = True
+        await self.send({"type": "http.response.start", "status": status, "headers": headers})
+
+    async def respond(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        """A whole response in two sends; `headers` must already carry content-length."""
+        await self.start(status, headers)
+        await self.send({"type": "http.response.body", "body": body})
+
+    async def error(self, status: int, error: str, message: str, headers=()) -> None:
+        """A JSON error body `{"error", "message", "request_id"}`; the only shape clients see on failure."""
+        body = json.dumps({"error": error, "message": message, "request_id": self.request_id.decode("latin-1")}).encode()
+        await self.respond(status, [_JSON, (b"content-length", b"%d" % len(body)), *headers], body)

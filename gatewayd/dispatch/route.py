@@ -1,0 +1,16 @@
+"""A route compiled for the request path: its name, its policy steps and its action."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRoute:
+    name: str
+    index: int
+    policies: tuple[str, ...]
+    action_kind: str  # respond | redirect | upstream
+    target: str  # what `gatewayd routes` shows: upstream name, redirect URL or status
+    steps: tuple  # request steps from policies, in order: step(exchange, now) -> Reject | None
+    action: object  # async action(exchange)

@@ -1,0 +1,35 @@
+"""Config routes -> router `RouteSpec`s: the one place that turns `match:` mappings into matchers."""
+
+from __future__ import annotations
+
+from ..config.model import Config, RouteConfig
+from ..routing import RouteSpec
+
+
+def route_spec(route: RouteConfig, target: object = None) -> RouteSpec:
+    m = route.match
+    if "path" in m:
+        kind, pattern = ("template" if "{" in m["path"] else "exact"), m["path"]
+    elif "path_prefix" in m:
+        kind, pattern = "prefix", m["path_prefix"]
+    else:
+        kind, pattern = "regex", m["path_regex"]
+    methods = None
+    if "methods" in m:
+        methods = frozenset(m["methods"])
+        if "GET" in methods:  # a GET route answers HEAD too (RFC 9110 9.3.2)
+            methods |= {"HEAD"}
+    return RouteSpec(
+        index=route.index,
+        kind=kind,
+        pattern=pattern,
+        methods=methods,
+        host=m["host"].lower() if "host" in m else None,
+        headers=tuple((k.lower(), v) for k, v in m.get("headers", {}).items()),
+        query=tuple(m.get("query", {}).items()),
+        target=target,
+    )
+
+
+def route_specs(config: Config) -> list[RouteSpec]:
+    return [route_spec(r) for r in config.routes]

@@ -1,0 +1,306 @@
+"""The request matcher: route table in, one compiled lookup structure out.
+
+The router owns the answer to "which route handles this request", and the
+precedence rule below is the whole of that answer.
+
+Precedence
+----------
+1. **Exact** routes (``kind: exact``): a dict lookup on the path, O(1) in the
+   number of routes.
+2. **Templates** (``/v1/videos/{id}``): a ``{name}`` parameter is one whole,
+   non-empty segment; every other segment is a literal.  Templates live in a
+   segment trie, so lookup cost grows with path depth, not route count.  When
+   several templates match, the more specific wins: compare segment by
+   segment from the left, a literal segment beats a parameter.
+3. **Prefixes** (``kind: prefix``), longest first.  A prefix matches on
+   segment boundaries: ``/v1`` matches ``/v1``, ``/v1/`` and ``/v1/x`` but not
+   ``/v10``.  Trailing slashes of a prefix are ignored, and the prefix ``/``
+   matches every path.
+4. **Regexes**, in file order (``re.fullmatch`` on the path; named groups that
+   took part in the match become params).
+
+Within the same path key (same exact path, same template shape, same prefix)
+routes are tried in file order.  A candidate is taken only if its method,
+host, header and query matchers all match; otherwise the search continues
+down the precedence order, so with a GET-only exact route and a catch-all
+prefix, a POST to that path falls through to the prefix.  If nothing matches
+but at least one route matched everything except the method, the answer is
+``MethodNotAllowed`` with the sorted union of those routes' methods, else
+``NotFound``.
+
+Paths are the already-decoded ASGI ``path``, compared case-sensitively; a
+trailing slash is significant for exact and template routes.  Hosts are
+compared case-insensitively with any port stripped; ``*.example.com`` matches
+any host ending in ``.example.com`` (one or more labels) but not
+``example.com`` itself.  A header matcher is satisfied by any occurrence of
+the header with exactly that value (header values are compared as UTF-8
+bytes); a query matcher by any occurrence of the parameter with exactly that
+value, after ``urllib.parse.parse_qsl`` decoding (``?flag`` counts as
+``flag=""``).
+
+Found ``params`` are read-only mappings; copy them before changing them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from urllib.parse import parse_qsl
+
+from .paths import PathError, PathPattern, compile_path, split_path
+
+__all__ = [
+    "NOT_FOUND",
+    "Found",
+    "MethodNotAllowed",
+    "NotFound",
+    "RouteSpec",
+    "Router",
+    "host_rule",
+    "normalize_host",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class RouteSpec:
+    """One route as written in the config file."""
+
+    index: int  # position in the config file (file order)
+    kind: str  # "exact" | "template" | "prefix" | "regex"
+    pattern: str
+    methods: frozenset[str] | None = None  # None = any method
+    host: str | None = None  # "api.example.com" or "*.example.com"
+    headers: tuple[tuple[str, str], ...] = ()  # (lower-case name, exact value)
+    query: tuple[tuple[str, str], ...] = ()  # (name, exact value)
+    target: object = None  # opaque payload returned on match
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    target: object
+    params: Mapping[str, str]
+    spec: RouteSpec
+
+
+@dataclass(frozen=True, slots=True)
+class MethodNotAllowed:
+    allow: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class NotFound:
+    pass
+
+
+NOT_FOUND = NotFound()
+_NO_PARAMS: Mapping[str, str] = MappingProxyType({})
+
+
+def normalize_host(host: str) -> str:
+    """Lower-case ``host`` and strip a port (``[::1]:80`` -> ``[::1]``)."""
+    if host.startswith("["):
+        end = host.find("]")
+        return (host if end < 0 else host[: end + 1]).lower()
+    return host.partition(":")[0].lower()
+
+
+def host_rule(index: int, host: str) -> tuple[str, bool]:
+    """Validate a route's host; return (host or ``.suffix``, is_wildcard)."""
+    rule = host.lower()
+    wildcard = rule.startswith("*.")
+    name = rule[2:] if wildcard else rule
+    if not name or "*" in name:
+        raise PathError(index, f'invalid host {host!r}: only a leading "*." wildcard is allowed')
+    if normalize_host(name) != name:
+        raise PathError(index, f"invalid host {host!r}: a host must not carry a port")
+    return (rule[1:] if wildcard else rule), wildcard
+
+
+class _Route:
+    """A RouteSpec compiled into the fields the hot path reads."""
+
+    __slots__ = ("spec", "kind", "methods", "host", "wildcard", "headers", "query",
+                 "plain", "params", "regex", "found")
+
+    def __init__(self, spec: RouteSpec, path: PathPattern) -> None:
+        self.spec = spec
+        self.kind = spec.kind
+        self.methods = None if spec.methods is None else frozenset(m.upper() for m in spec.methods)
+        self.host, self.wildcard = (None, False) if spec.host is None else host_rule(spec.index, spec.host)
+        self.headers = frozenset((n.lower().encode(), v.encode()) for n, v in spec.headers)
+        self.query = frozenset(spec.query)
+        self.plain = self.host is None and not self.headers and not self.query
+        self.params = path.params
+        self.regex = path.regex
+        self.found = None if self.params or self.regex else Found(spec.target, _NO_PARAMS, spec)
+
+    def result(self, extra: object) -> Found:
+        """The Found for this route; ``extra`` is the path segments or regex match."""
+        if self.found is not None:
+            return self.found
+        if self.regex is not None:
+            groups = {k: v for k, v in extra.groupdict().items() if v is not None}
+        else:
+            groups = {name: extra[i] for name, i in self.params}
+        return Found(self.spec.target, MappingProxyType(groups), self.spec)
+
+
+class _Node:
+    """A template trie node: literal children, one parameter child, routes ending here."""
+
+    __slots__ = ("literals", "param", "routes")
+
+    def __init__(self) -> None:
+        self.literals: dict[str, _Node] = {}
+        self.param: _Node | None = None
+        self.routes: tuple[_Route, ...] = ()
+
+
+class _Request:
+    """Lazily parsed request attributes, built only when a route has filters."""
+
+    __slots__ = ("_host", "_headers", "_query_string", "_header_pairs", "_query_pairs")
+
+    def __init__(self, host: str | None, headers: Iterable, query_string: bytes) -> None:
+        self._host = None if host is None else normalize_host(host)
+        self._headers = headers
+        self._query_string = query_string
+        self._header_pairs: set | None = None
+        self._query_pairs: set | None = None
+
+    def satisfies(self, route: _Route) -> bool:
+        if route.host is not None:
+            host = self._host
+            if host is None:
+                return False
+            if route.wildcard:
+                if not (host.endswith(route.host) and len(host) > len(route.host)):
+                    return False
+            elif host != route.host:
+                return False
+        if route.headers:
+            if self._header_pairs is None:
+                self._header_pairs = {(bytes(n), bytes(v)) for n, v in self._headers}
+            if not route.headers <= self._header_pairs:
+                return False
+        if route.query:
+            if self._query_pairs is None:
+                raw = self._query_string.decode("utf-8", "replace")
+                self._query_pairs = set(parse_qsl(raw, keep_blank_values=True))
+            if not route.query <= self._query_pairs:
+                return False
+        return True
+
+
+class Router:
+    """Compiles route specs once; :meth:`match` answers one request."""
+
+    __slots__ = ("_exact", "_trie", "_prefixes", "_root_prefix", "_regexes")
+
+    def __init__(self, specs: Sequence[RouteSpec]) -> None:
+        exact: dict[str, list[_Route]] = {}
+        prefixes: dict[str, list[_Route]] = {}
+        regexes: list[_Route] = []
+        trie: _Node | None = None
+        for spec in sorted(specs, key=lambda s: s.index):
+            path = compile_path(spec.index, spec.kind, spec.pattern)
+            route = _Route(spec, path)
+            if path.kind == "exact":
+                exact.setdefault(path.key, []).append(route)
+            elif path.kind == "prefix":
+                prefixes.setdefault(path.key, []).append(route)
+            elif path.kind == "regex":
+                regexes.append(route)
+            else:
+                if trie is None:
+                    trie = _Node()
+                node = trie
+                for segment in path.key:
+                    if segment is not None:
+                        node = node.literals.setdefault(segment, _Node())
+                        continue
+                    if node.param is None:
+                        node.param = _Node()
+                    node = node.param
+                node.routes += (route,)
+        self._exact = {key: tuple(routes) for key, routes in exact.items()}
+        self._trie = trie
+        self._root_prefix = tuple(prefixes.pop("", ()))
+        self._prefixes = {key: tuple(routes) for key, routes in prefixes.items()}
+        self._regexes = tuple(regexes)
+
+    def match(
+        self,
+        method: str,
+        path: str,
+        host: str | None,
+        headers: Iterable,
+        query_string: bytes,
+    ) -> Found | MethodNotAllowed | NotFound:
+        routes = self._exact.get(path)
+        if routes is not None:
+            route = routes[0]
+            if route.plain and (route.methods is None or method in route.methods):
+                return route.found
+        request = None
+        allow: set[str] | None = None
+        for routes, extra in self._candidates(path):
+            for route in routes:
+                if not route.plain:
+                    if request is None:
+                        request = _Request(host, headers, query_string)
+                    if not request.satisfies(route):
+                        continue
+                if route.methods is None or method in route.methods:
+                    return route.result(extra)
+                if allow is None:
+                    allow = set()
+                allow |= route.methods
+        if allow:
+            return MethodNotAllowed(tuple(sorted(allow)))
+        return NOT_FOUND
+
+    def _candidates(self, path: str) -> Iterator[tuple[tuple[_Route, ...], object]]:
+        """Routes whose path matches, in precedence order, grouped by path key."""
+        routes = self._exact.get(path)
+        if routes is not None:
+            yield routes, None
+        if self._trie is not None and path.startswith("/"):
+            segments = split_path(path)
+            depth = len(segments)
+            node, i = self._trie, 0
+            pending: list[tuple[_Node, int]] = []  # parameter branches still to try
+            while True:
+                while True:
+                    if i == depth:
+                        if node.routes:
+                            yield node.routes, segments
+                        break
+                    segment = segments[i]
+                    i += 1
+                    literal = node.literals.get(segment)
+                    if node.param is not None and segment:
+                        if literal is None:
+                            node = node.param
+                            continue
+                        pending.append((node.param, i))
+                    if literal is None:
+                        break
+                    node = literal
+                if not pending:
+                    break
+                node, i = pending.pop()
+        if self._prefixes:
+            end = len(path)
+            while end > 0:
+                routes = self._prefixes.get(path[:end])
+                if routes is not None:
+                    yield routes, None
+                end = path.rfind("/", 0, end)
+        if self._root_prefix:
+            yield self._root_prefix, None
+        for route in self._regexes:
+            found = route.regex.fullmatch(path)
+            if found is not None:
+                yield (route,), found

@@ -1,0 +1,80 @@
+"""The live gateway of one process: its config file, current table, upstream pools and status.
+
+Reload follows one rule: build and validate the whole new config off the request path, then swap
+the table reference in one assignment; on any failure keep serving the old table and record the
+located error for the log and `/health`. In-flight requests finish on the table they started with;
+upstreams whose settings did not change keep their pooled connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+
+from ..config.errors import ConfigError
+from ..config.load import load_bytes, read
+from ..config.model import Config
+from ..dispatch.compile import compile_table
+from ..dispatch.table import Table
+from ..upstream.pool import Upstream, UpstreamRegistry
+from .status import RuntimeStatus
+
+log = logging.getLogger("gatewayd")
+
+# retired upstream pools are closed this long after a swap, so requests still using them finish
+RETIRE_GRACE_S = 60.0
+
+
+class Gateway:
+    def __init__(self, path: str):
+        self.path = path
+        self.status = RuntimeStatus()
+        self.registry = UpstreamRegistry()
+        self.config: Config | None = None
+        self.table: Table | None = None
+        self._lock = asyncio.Lock()
+
+    def _build(self, raw: bytes) -> tuple[Config, Table, dict[str, Upstream], list[Upstream]]:
+        config = load_bytes(raw, self.path)
+        live, retired = self.registry.resolve(config.upstreams)
+        return config, compile_table(config, live, self.status), live, retired
+
+    def start(self) -> Config:
+        """The first load: a bad file raises ConfigError (the caller exits 1)."""
+        config, table, live, _ = self._build(read(self.path))
+        self._swap(config, table, live)
+        return config
+
+    async def reload(self, reason: str) -> bool:
+        """Re-read the file; swap in the new config if it is valid and changed. True when swapped."""
+        async with self._lock:
+            try:
+                raw = read(self.path)
+                if hashlib.sha256(raw).hexdigest() == self.status.config_sha256:
+                    return False
+                config, table, live, retired = await asyncio.to_thread(self._build, raw)
+            except ConfigError as exc:
+                self.status.failed(str(exc))
+                log.error("reload (%s) rejected, still serving generation %d:\n%s", reason, self.status.generation, exc)
+                return False
+            self._swap(config, table, live)
+            log.info("reload (%s): generation %d, config sha256 %s", reason, self.status.generation, config.sha256[:12])
+            if retired:
+                asyncio.get_running_loop().call_later(RETIRE_GRACE_S, _close_later, retired)
+            return True
+
+    def _swap(self, config: Config, table: Table, live: dict[str, Upstream]) -> None:
+        self.table = table  # the one assignment that switches every new request to the new config
+        self.config = config
+        self.registry.commit(live)
+        self.status.loaded(config.sha256)
+
+    async def close(self) -> None:
+        for upstream in self.registry.resolve({})[1]:
+            await upstream.close()
+
+
+def _close_later(upstreams: list[Upstream]) -> None:
+    for upstream in upstreams:
+        asyncio.ensure_future(upstream.close())

@@ -1,0 +1,36 @@
+"""What this process knows about its own config: generation, hash, last reload and its error."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class RuntimeStatus:
+    generation: int = 0
+    config_sha256: str | None = None
+    last_reload_at: float | None = None  # unix time of the last successful load
+    last_reload_error: str | None = None  # the located message of the last failed reload, or None
+    started_monotonic: float = field(default_factory=time.monotonic)
+
+    def loaded(self, sha256: str) -> None:
+        self.generation += 1
+        self.config_sha256 = sha256
+        self.last_reload_at = time.time()
+        self.last_reload_error = None
+
+    def failed(self, message: str) -> None:
+        self.last_reload_error = message
+
+    def health(self) -> dict:
+        return {
+            "status": "ok",
+            "generation": self.generation,
+            "config_sha256": self.config_sha256,
+            "last_reload_at": self.last_reload_at,
+            "last_reload_error": self.last_reload_error,
+            "uptime_s": round(time.monotonic() - self.started_monotonic, 3),
+            "pid": os.getpid(),
+        }

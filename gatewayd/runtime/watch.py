@@ -1,0 +1,33 @@
+"""Reload triggers: changes to the config file (watchfiles) and SIGHUP.
+
+The folder is watched rather than the file, because editors and config managers replace a file
+by renaming a new one over it, which ends a watch on the old file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+
+from watchfiles import awatch
+
+from .gateway import Gateway
+
+
+async def watch_file(gateway: Gateway, stop: asyncio.Event) -> None:
+    target = Path(gateway.path).resolve()
+    async for _ in awatch(
+        target.parent,
+        watch_filter=lambda _change, p: Path(p) == target,
+        stop_event=stop,
+        recursive=False,
+        debounce=100,
+        step=20,
+    ):
+        await gateway.reload("file changed")
+
+
+def reload_on_sighup(gateway: Gateway) -> None:
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(gateway.reload("SIGHUP")))
