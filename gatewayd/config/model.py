@@ -76,7 +76,8 @@ class Config:
 ACTIONS = ("respond", "redirect", "upstream")
 
 
-def build(data: dict, file: str, sha256: str, marks: Marks, secret_paths: frozenset) -> Config:
+def build(data: dict, file: str, sha256: str, marks: Marks, secret_paths: frozenset, skip_routes=frozenset()) -> Config:
+    """`skip_routes`: indexes of routes to leave out (they failed the schema; see load._salvage)."""
     server = data.get("server", {})
     obs = data.get("observability", {})
     endpoints = obs.get("endpoints", {})
@@ -93,6 +94,8 @@ def build(data: dict, file: str, sha256: str, marks: Marks, secret_paths: frozen
         )
     routes = []
     for i, r in enumerate(data["routes"]):
+        if i in skip_routes:
+            continue
         action = next(a for a in ACTIONS if a in r)
         match = r["match"]
         default_name = f"{'|'.join(match.get('methods', ['*']))} {match.get('path') or match.get('path_prefix') or match.get('path_regex')}"

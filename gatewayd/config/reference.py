@@ -135,7 +135,10 @@ class _Renderer:
         if t is None and "const" in m:
             t = type(m["const"]).__name__
         if isinstance(t, list):
-            return " or ".join(t)
+            # `type: [string, null]` with `if: {type: string}, then: <format>` reads as "<format> or null"
+            then = m.get("then")
+            then_type = self._merged(then).get("type") if then else None
+            return " or ".join(self.type_of(then) if then and x == then_type else x for x in t)
         if t == "array":
             return f"array of {self.type_of(m.get('items', {}))}"
         if t == "object" and not self._is_fixed_object(m) and isinstance(m.get("additionalProperties"), dict):
@@ -179,6 +182,8 @@ class _Renderer:
             for branch in m.get(key, []):
                 if "required" not in branch:
                     out += self.allowed(branch)
+        if "then" in m:
+            out += self.allowed(m["then"])
         if "examples" in m:
             out.append(f"e.g. {_values(m['examples'])}")
         return out

@@ -47,15 +47,16 @@ def check(config: Config) -> list[Problem]:
                 seen_names[r.name] = r.index
         if config.observability.health_path and r.match.get("path") == config.observability.health_path:
             problems.append(Problem(at(base + ("match", "path")), f"route can never match: {r.match['path']} is the health endpoint (change observability.endpoints.health)"))
-    specs = [route_spec(r) for r in config.routes]
-    try:
-        Router(specs)
-    except PathError as exc:
-        r = config.routes[exc.index]
-        problems.append(Problem(at(("routes", exc.index, "match", _match_key(r))), str(exc.message)))
-        return problems
+    by_index = {r.index: r for r in config.routes}
+    specs = []
+    for spec in map(route_spec, config.routes):
+        try:
+            Router([spec])  # compiles its pattern alone, so every bad pattern is reported
+            specs.append(spec)
+        except PathError as exc:
+            problems.append(Problem(at(("routes", exc.index, "match", _match_key(by_index[exc.index]))), exc.message))
     for finding in analyze(specs):
-        where = at(("routes", finding.index, "match", _match_key(config.routes[finding.index])))
+        where = at(("routes", finding.index, "match", _match_key(by_index[finding.index])))
         message = finding.message
         if finding.related is not None:
             message += f" (see the route at line {at(('routes', finding.related)).line})"

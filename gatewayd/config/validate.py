@@ -40,6 +40,11 @@ def validate(data: object, marks: Marks, secret_paths: set[Path]) -> list[Proble
     return list(dict.fromkeys(problems))
 
 
+def invalid_paths(data: object) -> list[Path]:
+    """The paths of the nodes that fail the schema (for salvaging the valid rest)."""
+    return [tuple(e.absolute_path) for e in _validator().iter_errors(data)]
+
+
 def _did_you_mean(word: str, choices) -> str:
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
@@ -53,7 +58,9 @@ def _show(value: object, path: Path, secret_paths: set[Path]) -> str:
 
 
 def _where(error: ValidationError) -> str:
-    return ".".join(str(p) for p in error.absolute_path) or "the top level"
+    """`routes[2].match.path`: the path of the node, as users write it."""
+    text = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path).lstrip(".")
+    return text or "the top level"
 
 
 def _explain(error: ValidationError, marks: Marks, secret_paths: set[Path]) -> list[Problem]:
@@ -97,6 +104,15 @@ def _explain(error: ValidationError, marks: Marks, secret_paths: set[Path]) -> l
         shown = _show(error.instance, path, secret_paths)
         expected = error.validator_value if isinstance(error.validator_value, str) else " or ".join(error.validator_value)
         return [Problem(marks.at(path), f"{_where(error)}: expected {expected}, got {shown}")]
+    if kind == "minItems":
+        n = error.validator_value
+        return [Problem(marks.at(path), f"{_where(error)}: needs at least {n} item{'s' if n != 1 else ''}")]
+    if kind == "minProperties":
+        return [Problem(marks.at(path), f"{_where(error)}: must not be empty")]
+    if kind == "uniqueItems":
+        return [Problem(marks.at(path), f"{_where(error)}: has the same item more than once")]
+    if kind == "format" and error.validator_value == "regex":
+        return [Problem(marks.at(path), f"{_where(error)}: not a valid regular expression")]
     if kind == "const":
         return [Problem(marks.at(path), f"{_where(error)}: must be {json.dumps(error.validator_value)}")]
     if kind in ("not", "dependentRequired", "if", "then"):

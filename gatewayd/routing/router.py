@@ -38,7 +38,8 @@ bytes); a query matcher by any occurrence of the parameter with exactly that
 value, after ``urllib.parse.parse_qsl`` decoding (``?flag`` counts as
 ``flag=""``).
 
-Found ``params`` are read-only mappings; copy them before changing them.
+``Found.params`` is read-only: routes without parameters share one empty
+mapping, so copy it before changing it.
 """
 
 from __future__ import annotations
@@ -96,6 +97,20 @@ class NotFound:
 NOT_FOUND = NotFound()
 _NO_PARAMS: Mapping[str, str] = MappingProxyType({})
 
+# Found is built on every templated match; the frozen-dataclass __init__
+# (object.__setattr__ per field) costs several times more than setting the
+# slots directly, so the router sets them directly.
+_new_object = object.__new__
+_set_target, _set_params, _set_spec = Found.target.__set__, Found.params.__set__, Found.spec.__set__
+
+
+def _found(target: object, params: Mapping[str, str], spec: RouteSpec) -> Found:
+    found = _new_object(Found)
+    _set_target(found, target)
+    _set_params(found, params)
+    _set_spec(found, spec)
+    return found
+
 
 def normalize_host(host: str) -> str:
     """Lower-case ``host`` and strip a port (``[::1]:80`` -> ``[::1]``)."""
@@ -133,7 +148,7 @@ class _Route:
         self.plain = self.host is None and not self.headers and not self.query
         self.params = path.params
         self.regex = path.regex
-        self.found = None if self.params or self.regex else Found(spec.target, _NO_PARAMS, spec)
+        self.found = None if self.params or self.regex else _found(spec.target, _NO_PARAMS, spec)
 
     def result(self, extra: object) -> Found:
         """The Found for this route; ``extra`` is the path segments or regex match."""
@@ -143,7 +158,7 @@ class _Route:
             groups = {k: v for k, v in extra.groupdict().items() if v is not None}
         else:
             groups = {name: extra[i] for name, i in self.params}
-        return Found(self.spec.target, MappingProxyType(groups), self.spec)
+        return _found(self.spec.target, groups, self.spec)
 
 
 class _Node:
