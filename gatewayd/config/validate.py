@@ -18,7 +18,7 @@ from jsonschema.exceptions import ValidationError, best_match
 from .errors import Problem
 from .source import Marks, Path
 
-SCHEMA_PATH = FsPath(__file__).resolve().parents[2] / "schemas" / "gateway.schema.json"
+SCHEMA_PATH = FsPath(__file__).with_name("gateway.schema.json")  # schemas/gateway.schema.json links here
 
 
 @cache
