@@ -112,7 +112,7 @@ def explain(args) -> int:
     else:
         result = table.router.match(method, path, host, headers, parts.query.encode())
         if isinstance(result, Found):
-            out = {"result": "match", "params": result.params, "route": _describe(config, result.target)}
+            out = {"result": "match", "params": dict(result.params), "route": _describe(config, result.target)}
         elif isinstance(result, MethodNotAllowed):
             out = {"result": 405, "allow": list(result.allow), "message": f"the path matches, but not for {method}"}
         else:

@@ -44,8 +44,7 @@ class Table:
             if path == self.health_path:
                 return await self.health(ex)
             method = scope["method"]
-            if host is not None and self.needs_host:
-                host = host.decode("latin-1")
+            host = host.decode("latin-1") if host is not None and self.needs_host else None
             result = self.router.match(method, path, host, headers, scope["query_string"])
             if result.__class__ is Found:
                 route = result.target

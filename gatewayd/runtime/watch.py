@@ -1,7 +1,10 @@
 """Reload triggers: changes to the config file (watchfiles) and SIGHUP.
 
 The folder is watched rather than the file, because editors and config managers replace a file
-by renaming a new one over it, which ends a watch on the old file.
+by renaming a new one over it, which ends a watch on the old file. The folder is taken as given,
+not through symlinks: a Kubernetes ConfigMap swaps a `..data` link inside it on every update and
+deletes the folder the link pointed at. Any change in the folder triggers a reload; one that leaves
+the config's bytes unchanged costs a read and a hash.
 """
 
 from __future__ import annotations
@@ -16,10 +19,9 @@ from .gateway import Gateway
 
 
 async def watch_file(gateway: Gateway, stop: asyncio.Event) -> None:
-    target = Path(gateway.path).resolve()
     async for _ in awatch(
-        target.parent,
-        watch_filter=lambda _change, p: Path(p) == target,
+        Path(gateway.path).absolute().parent,
+        watch_filter=None,
         stop_event=stop,
         recursive=False,
         debounce=100,

@@ -51,7 +51,8 @@ def compile_proxy(upstream: Upstream, rewrite: dict, request_edit: HeaderEdit, r
     add = rewrite.get("add_prefix", "").encode()
     drop_up = HOP_BY_HOP | _OWN | request_edit.drop
     extra_up = request_edit.extra
-    drop_down = {n.decode() for n in HOP_BY_HOP | response_edit.drop}
+    # Date and Server are the engine's to set, once (RFC 9110 6.6.1)
+    drop_down = {n.decode() for n in HOP_BY_HOP | response_edit.drop} | {"date", "server"}
     extra_down = response_edit.extra
     response_timeout = upstream.config.response_timeout
     balancer = upstream.balancer
@@ -69,7 +70,7 @@ def compile_proxy(upstream: Upstream, rewrite: dict, request_edit: HeaderEdit, r
         for name, value in scope["headers"]:
             if name in drop_up:
                 if name == b"x-forwarded-for":
-                    forwarded_for = value
+                    forwarded_for = value if forwarded_for is None else forwarded_for + b", " + value
                 elif name == b"host":
                     host = value
                 elif name == b"connection":

@@ -20,7 +20,10 @@ def compile_respond(spec: dict, response_edit: HeaderEdit):
     if b"content-type" not in names and (body or "json" in spec):
         headers.append((b"content-type", default_type))
     headers = response_edit.apply(h for h in headers if h[0] != b"content-length")
-    headers.append((b"content-length", b"%d" % len(body)))
+    if status in (204, 304) or status < 200:  # these carry no body and no length (RFC 9110 8.6)
+        body = b""
+    else:
+        headers.append((b"content-length", b"%d" % len(body)))
     frozen = tuple(headers)
 
     async def respond(ex) -> None:

@@ -1,0 +1,232 @@
+"""The offline commands, run as a user would: check, routes, explain and schema, with their
+output formats and exit codes (0 ok, 1 config errors or no match, 2 unreadable file)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT
+
+SAMPLE = ROOT / "configs" / "gateway.yaml"
+SCHEMA = ROOT / "schemas" / "gateway.schema.json"
+
+# two independent mistakes: a bad duration (line 5) and a lower-case method (line 7)
+BAD = """\
+version: 1
+upstreams:
+  items:
+    targets: ["http://127.0.0.1:9001"]
+    timeouts: {connect: 1sec}
+routes:
+  - match: {path: /a, methods: [get]}
+    respond: {json: {a: 1}}
+"""
+BAD_LOCATIONS = [(5, BAD.splitlines()[4].index("1sec") + 1), (7, BAD.splitlines()[6].index("get") + 1)]
+
+
+def gatewayd(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "gatewayd", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+@pytest.fixture(scope="module")
+def bad_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("cli") / "bad.yaml"
+    path.write_text(BAD)
+    return path
+
+
+@pytest.fixture(scope="module")
+def sample() -> dict:
+    return yaml.safe_load(SAMPLE.read_text())
+
+
+# --- check -------------------------------------------------------------------------------------
+
+
+def test_check_ok(sample):
+    out = gatewayd("check", SAMPLE)
+    assert out.returncode == 0, out.stderr
+    n_routes, n_upstreams, n_policies = len(sample["routes"]), len(sample["upstreams"]), len(sample["policies"])
+    assert out.stdout.strip() == (
+        f"{SAMPLE}: ok ({n_routes} routes, {n_upstreams} upstreams, {n_policies} policies)"
+    )
+
+
+def test_check_ok_json():
+    out = gatewayd("check", SAMPLE, "--format", "json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"file": str(SAMPLE), "ok": True, "errors": []}
+
+
+def test_check_reports_every_error(bad_file):
+    out = gatewayd("check", bad_file)
+    assert out.returncode == 1
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 2, out.stdout
+    for line, (row, col) in zip(lines, BAD_LOCATIONS):
+        assert line.startswith(f"{bad_file}:{row}:{col}: error: "), line
+    assert "1sec" in lines[0]
+    assert "get" in lines[1]
+    assert f"{bad_file}: 2 errors" in out.stderr
+
+
+def test_check_json(bad_file):
+    out = gatewayd("check", bad_file, "--format", "json")
+    assert out.returncode == 1
+    report = json.loads(out.stdout)
+    assert report["file"] == str(bad_file)
+    assert report["ok"] is False
+    assert [(e["line"], e["column"]) for e in report["errors"]] == BAD_LOCATIONS
+    assert all(e["severity"] == "error" and e["message"] for e in report["errors"])
+
+
+def test_check_github(bad_file):
+    out = gatewayd("check", bad_file, "--format", "github")
+    assert out.returncode == 1
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 2, out.stdout
+    for line, (row, col) in zip(lines, BAD_LOCATIONS):
+        assert re.fullmatch(rf"::error file={re.escape(str(bad_file))},line={row},col={col}::.+", line), line
+
+
+def test_check_missing_file(tmp_path):
+    missing = tmp_path / "nope.yaml"
+    out = gatewayd("check", missing)
+    assert out.returncode == 2
+    assert f"{missing}:1:1: error: cannot read config" in out.stderr
+    assert out.stdout == ""
+
+
+# --- routes ------------------------------------------------------------------------------------
+
+
+def test_routes_text(sample):
+    out = gatewayd("routes", SAMPLE)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert lines[0].split()[:4] == ["#", "line", "methods", "path"]
+    assert len(lines) == 1 + len(sample["routes"])
+    for i, (line, route) in enumerate(zip(lines[1:], sample["routes"])):
+        assert line.split()[0] == str(i)
+        m = route["match"]
+        assert (m.get("path") or m["path_prefix"]) in line
+        action = next(a for a in ("respond", "redirect", "upstream") if a in route)
+        assert action in line
+
+
+def test_routes_json(sample):
+    out = gatewayd("routes", SAMPLE, "--format", "json")
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)
+    assert [r["name"] for r in rows] == [r["name"] for r in sample["routes"]]
+    assert [r["index"] for r in rows] == list(range(len(rows)))
+    by_name = {r["name"]: r for r in rows}
+    assert by_name["items"]["action"] == "upstream"
+    assert by_name["items"]["target"] == "items"
+    assert by_name["items"]["policies"] == ["api-headers"]
+    assert by_name["items"]["match"] == {"path": "/v1/items/{id}", "methods": ["GET", "PUT", "DELETE"]}
+    assert by_name["legacy-items"]["action"] == "redirect"
+    # `line` points at the route's entry in the file
+    text = SAMPLE.read_text().splitlines()
+    for row in rows:
+        assert f"name: {row['name']}" in text[row["line"] - 1]
+
+
+def test_routes_on_bad_file(bad_file):
+    out = gatewayd("routes", bad_file)
+    assert out.returncode == 1
+    assert f"{bad_file}:5:" in out.stderr
+
+
+# --- explain -----------------------------------------------------------------------------------
+
+
+def test_explain_match():
+    out = gatewayd("explain", SAMPLE, "GET", "/v1/items/42")
+    assert out.returncode == 0, out.stderr
+    assert "'items'" in out.stdout
+    assert '{"id": "42"}' in out.stdout
+    assert "upstream items" in out.stdout
+
+
+def test_explain_match_json():
+    out = gatewayd("explain", SAMPLE, "GET", "/v1/items/42?x=1", "--format", "json")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["result"] == "match"
+    assert result["params"] == {"id": "42"}
+    assert result["route"]["name"] == "items"
+    assert result["route"]["action"] == "upstream"
+
+
+@pytest.mark.parametrize(
+    "method,target,name,fmt",
+    [("GET", "/", "hello", "text"), ("POST", "/v1/items", "items-collection", "json")],
+)
+def test_explain_route_without_params(method, target, name, fmt):
+    out = gatewayd("explain", SAMPLE, method, target, "--format", fmt)
+    assert out.returncode == 0, out.stderr
+    if fmt == "json":
+        result = json.loads(out.stdout)
+        assert result["params"] == {}
+        assert result["route"]["name"] == name
+    else:
+        assert f"'{name}'" in out.stdout
+        assert "params:   {}" in out.stdout
+
+
+def test_explain_405():
+    out = gatewayd("explain", SAMPLE, "DELETE", "/v1/status")
+    assert out.returncode == 1
+    assert out.stdout.startswith("405:")
+    assert "Allow: GET, HEAD" in out.stdout
+    out = gatewayd("explain", SAMPLE, "DELETE", "/v1/status", "--format", "json")
+    assert out.returncode == 1
+    result = json.loads(out.stdout)
+    assert result["result"] == 405
+    assert result["allow"] == ["GET", "HEAD"]
+
+
+def test_explain_404():
+    out = gatewayd("explain", SAMPLE, "GET", "/nope")
+    assert out.returncode == 1
+    assert out.stdout.startswith("404:")
+    out = gatewayd("explain", SAMPLE, "GET", "/nope", "--format", "json")
+    assert out.returncode == 1
+    assert json.loads(out.stdout)["result"] == 404
+
+
+def test_explain_health():
+    out = gatewayd("explain", SAMPLE, "GET", "/health", "--format", "json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["result"] == "health"
+
+
+def test_explain_missing_file(tmp_path):
+    out = gatewayd("explain", tmp_path / "nope.yaml", "GET", "/")
+    assert out.returncode == 2
+
+
+# --- schema ------------------------------------------------------------------------------------
+
+
+def test_schema_prints_the_schema():
+    out = gatewayd("schema")
+    assert out.returncode == 0, out.stderr
+    schema = json.loads(out.stdout)
+    assert schema == json.loads(SCHEMA.read_text())
+    assert schema["properties"]["server"]["properties"]["engine"]["enum"] == ["granian", "hypercorn"]
