@@ -1,0 +1,12 @@
+"""State shared by the worker processes of one host, behind one small interface.
+
+Users of the store (0-RTT session tickets, latency histograms; later rate-limit budgets and the
+cache's shared tier) see only `HostStore`. The host-wide implementation is chosen by measurement
+(see `bench/store.py`); a Redis-backed one can replace it for a cluster of gateways without
+changing its users.
+"""
+
+from .base import HostStore
+from .memory import MemoryStore
+
+__all__ = ["HostStore", "MemoryStore"]
