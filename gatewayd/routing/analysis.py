@@ -56,15 +56,13 @@ def _host_covers(rule: tuple[str, bool] | None, other: tuple[str, bool] | None) 
 def analyze(specs: Sequence[RouteSpec]) -> list[Finding]:
     """Findings for ``specs``, ordered by route index.
 
-    Reported: patterns or hosts the router would reject; duplicates and
-    routes shadowed by an earlier route with the same path key; regex routes
-    made unreachable by a prefix ``/`` route; templates of the same shape that
-    name a parameter differently.
+    Reported: patterns or hosts the router would reject; routes that can never
+    match (a duplicate of, or shadowed by, an earlier route with the same path
+    key; a regex behind a prefix ``/`` route that accepts all its requests);
+    templates of the same shape that name a parameter differently.
     """
     findings: list[Finding] = []
-    seen: dict[tuple[str, object], list[tuple[int, _Matchers, PathPattern]]] = {}
-    root_prefixes: list[tuple[int, _Matchers]] = []
-    regexes: list[tuple[int, _Matchers]] = []
+    routes: list[tuple[int, PathPattern, _Matchers]] = []
     for spec in sorted(specs, key=lambda s: s.index):
         try:
             path = compile_path(spec.index, spec.kind, spec.pattern)
@@ -76,52 +74,48 @@ def analyze(specs: Sequence[RouteSpec]) -> list[Finding]:
             )
         except PathError as exc:
             findings.append(Finding(spec.index, exc.message))
-            continue
-        earlier = seen.setdefault((path.kind, path.key), [])
-        findings.extend(_same_key_findings(spec.index, matchers, path, earlier))
-        earlier.append((spec.index, matchers, path))
-        if path.kind == "prefix" and path.key == "":
-            root_prefixes.append((spec.index, matchers))
-        elif path.kind == "regex":
-            regexes.append((spec.index, matchers))
-    for index, matchers in regexes:
-        catch_all = next(((i, m) for i, m in root_prefixes if m.covers(matchers)), None)
-        if catch_all is not None:
-            scope = "every request" if catch_all[1].filterless else "a superset of requests"
-            findings.append(Finding(
-                index,
-                f'route can never match: regexes are tried after prefixes and route {catch_all[0]} '
-                f'(prefix "/") matches {scope}',
-                catch_all[0],
-            ))
+        else:
+            routes.append((spec.index, path, matchers))
+    root_prefixes = [(i, m) for i, p, m in routes if p.kind == "prefix" and p.key == ""]
+    by_key: dict[tuple[str, object], list[tuple[int, PathPattern, _Matchers]]] = {}
+    for index, path, matchers in routes:
+        earlier = by_key.setdefault((path.kind, path.key), [])
+        unreachable = _unreachable(path, matchers, earlier, root_prefixes)
+        if unreachable is not None:
+            findings.append(Finding(index, *unreachable))
+        conflict = next((e for e in earlier if e[1].params != path.params), None)
+        if conflict is not None:
+            names = ", ".join(
+                f"{{{ours}}} vs {{{theirs}}}"
+                for (ours, _), (theirs, _) in zip(path.params, conflict[1].params)
+                if ours != theirs
+            )
+            findings.append(Finding(index, f"conflicting path parameters with route {conflict[0]}: {names}", conflict[0]))
+        earlier.append((index, path, matchers))
     findings.sort(key=lambda f: f.index)
     return findings
 
 
-def _same_key_findings(
-    index: int,
-    matchers: _Matchers,
+def _unreachable(
     path: PathPattern,
-    earlier: list[tuple[int, _Matchers, PathPattern]],
-) -> list[Finding]:
-    findings = []
-    duplicate = next((i for i, m, _ in earlier if m == matchers), None)
-    shadow = next((i for i, m, _ in earlier if m.covers(matchers)), None)
-    if duplicate is not None:
-        findings.append(Finding(index, f"route can never match: duplicate of route {duplicate}", duplicate))
-    elif shadow is not None:
-        findings.append(Finding(
-            index,
-            f"route can never match: shadowed by route {shadow} (same path, matches a superset of requests)",
-            shadow,
-        ))
-    for other, _, other_path in earlier:
-        if other_path.params != path.params:
-            conflicts = ", ".join(
-                f"{{{name}}} vs {{{theirs}}}"
-                for (name, _), (theirs, _) in zip(path.params, other_path.params)
-                if name != theirs
-            )
-            findings.append(Finding(index, f"conflicting path parameters with route {other}: {conflicts}", other))
-            break
-    return findings
+    matchers: _Matchers,
+    earlier: list[tuple[int, PathPattern, _Matchers]],
+    root_prefixes: list[tuple[int, _Matchers]],
+) -> tuple[str, int] | None:
+    """(message, related route) if the route can never be chosen."""
+    for other, _, theirs in earlier:
+        if theirs == matchers:
+            return f"route can never match: duplicate of route {other}", other
+    for other, _, theirs in earlier:
+        if theirs.covers(matchers):
+            return f"route can never match: shadowed by route {other} (same path, matches a superset of requests)", other
+    if path.kind == "regex":
+        for other, theirs in root_prefixes:
+            if theirs.covers(matchers):
+                scope = "every request" if theirs.filterless else "a superset of requests"
+                return (
+                    f'route can never match: regexes are tried after prefixes and route {other} (prefix "/") '
+                    f"matches {scope}",
+                    other,
+                )
+    return None

@@ -10,6 +10,7 @@ router accepts is exactly a pattern the analysis understands.
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass
 
 __all__ = ["KINDS", "PathError", "PathPattern", "compile_path", "split_path"]
@@ -70,7 +71,7 @@ def _compile_template(index: int, pattern: str) -> PathPattern:
     seen: set[str] = set()
     for position, segment in enumerate(split_path(pattern)):
         if "{" not in segment and "}" not in segment:
-            shape.append(segment)
+            shape.append(sys.intern(segment))  # large tables repeat segments
             continue
         if not (segment.startswith("{") and segment.endswith("}")) or len(segment) < 2:
             raise PathError(
@@ -78,7 +79,7 @@ def _compile_template(index: int, pattern: str) -> PathPattern:
                 f"template {pattern!r}: segment {segment!r} must be a literal "
                 "or a whole {name} parameter",
             )
-        name = segment[1:-1]
+        name = sys.intern(segment[1:-1])
         if not name.isidentifier():
             raise PathError(index, f"template {pattern!r}: invalid parameter name {name!r}")
         if name in seen:

@@ -38,15 +38,14 @@ bytes); a query matcher by any occurrence of the parameter with exactly that
 value, after ``urllib.parse.parse_qsl`` decoding (``?flag`` counts as
 ``flag=""``).
 
-``Found.params`` is read-only: routes without parameters share one empty
-mapping, so copy it before changing it.
+``Found.params`` of a route without parameters is one shared, read-only empty
+dict (every match of that route returns the same precomputed ``Found``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from types import MappingProxyType
 from urllib.parse import parse_qsl
 
 from .paths import PathError, PathPattern, compile_path, split_path
@@ -80,7 +79,7 @@ class RouteSpec:
 @dataclass(frozen=True, slots=True)
 class Found:
     target: object
-    params: Mapping[str, str]
+    params: dict[str, str]
     spec: RouteSpec
 
 
@@ -95,16 +94,29 @@ class NotFound:
 
 
 NOT_FOUND = NotFound()
-_NO_PARAMS: Mapping[str, str] = MappingProxyType({})
 
-# Found is built on every templated match; the frozen-dataclass __init__
-# (object.__setattr__ per field) costs several times more than setting the
-# slots directly, so the router sets them directly.
+
+class _NoParams(dict):
+    """The params of matches without parameters: one shared dict, so read-only."""
+
+    __slots__ = ()
+
+    def _read_only(self, *args: object, **kwargs: object) -> None:
+        raise TypeError("params of a route without parameters are shared and read-only")
+
+    __setitem__ = __delitem__ = __ior__ = clear = pop = popitem = setdefault = update = _read_only
+
+
+_NO_PARAMS = _NoParams()
+
+# A Found is built on every match with parameters; the frozen-dataclass
+# __init__ (object.__setattr__ per field) costs several times more than
+# setting the slots directly, so the hot path sets them directly.
 _new_object = object.__new__
 _set_target, _set_params, _set_spec = Found.target.__set__, Found.params.__set__, Found.spec.__set__
 
 
-def _found(target: object, params: Mapping[str, str], spec: RouteSpec) -> Found:
+def _found(target: object, params: dict[str, str], spec: RouteSpec) -> Found:
     found = _new_object(Found)
     _set_target(found, target)
     _set_params(found, params)
@@ -135,20 +147,22 @@ def host_rule(index: int, host: str) -> tuple[str, bool]:
 class _Route:
     """A RouteSpec compiled into the fields the hot path reads."""
 
-    __slots__ = ("spec", "kind", "methods", "host", "wildcard", "headers", "query",
-                 "plain", "params", "regex", "found")
+    __slots__ = ("spec", "methods", "host", "wildcard", "headers", "query", "plain", "params", "regex", "found")
 
-    def __init__(self, spec: RouteSpec, path: PathPattern) -> None:
+    def __init__(self, spec: RouteSpec, path: PathPattern, shared: dict) -> None:
+        # ``shared`` de-duplicates equal values across the table (large tables repeat them).
+        methods = None if spec.methods is None else frozenset(m.upper() for m in spec.methods)
+        headers = frozenset((n.lower().encode(), v.encode()) for n, v in spec.headers)
+        query = frozenset(spec.query)
         self.spec = spec
-        self.kind = spec.kind
-        self.methods = None if spec.methods is None else frozenset(m.upper() for m in spec.methods)
+        self.methods = None if methods is None else shared.setdefault(methods, methods)
         self.host, self.wildcard = (None, False) if spec.host is None else host_rule(spec.index, spec.host)
-        self.headers = frozenset((n.lower().encode(), v.encode()) for n, v in spec.headers)
-        self.query = frozenset(spec.query)
+        self.headers = shared.setdefault(headers, headers)
+        self.query = shared.setdefault(query, query)
         self.plain = self.host is None and not self.headers and not self.query
-        self.params = path.params
+        self.params = shared.setdefault(path.params, path.params)
         self.regex = path.regex
-        self.found = None if self.params or self.regex else _found(spec.target, _NO_PARAMS, spec)
+        self.found = None if self.params or self.regex else Found(spec.target, _NO_PARAMS, spec)
 
     def result(self, extra: object) -> Found:
         """The Found for this route; ``extra`` is the path segments or regex match."""
@@ -161,49 +175,107 @@ class _Route:
         return _found(self.spec.target, groups, self.spec)
 
 
+_NO_LITERALS: dict[str, _Node] = {}  # shared by every node without literal children; never written
+
+
 class _Node:
     """A template trie node: literal children, one parameter child, routes ending here."""
 
     __slots__ = ("literals", "param", "routes")
 
     def __init__(self) -> None:
-        self.literals: dict[str, _Node] = {}
+        self.literals = _NO_LITERALS
         self.param: _Node | None = None
         self.routes: tuple[_Route, ...] = ()
 
+    def child(self, segment: str | None) -> _Node:
+        """The child for a literal segment, or the parameter child for ``None``; made if missing."""
+        if segment is None:
+            if self.param is None:
+                self.param = _Node()
+            return self.param
+        if self.literals is _NO_LITERALS:
+            self.literals = {}
+        node = self.literals.get(segment)
+        if node is None:
+            node = self.literals[segment] = _Node()
+        return node
 
-class _Request:
-    """Lazily parsed request attributes, built only when a route has filters."""
 
-    __slots__ = ("_host", "_headers", "_query_string", "_header_pairs", "_query_pairs")
+def _next_leaf(segments: list[str], pending: list[tuple[_Node, int]]) -> _Node | None:
+    """Continue a depth-first trie walk to the next node whose routes match.
 
-    def __init__(self, host: str | None, headers: Iterable, query_string: bytes) -> None:
-        self._host = None if host is None else normalize_host(host)
-        self._headers = headers
-        self._query_string = query_string
-        self._header_pairs: set | None = None
-        self._query_pairs: set | None = None
+    ``pending`` holds (node, segments consumed) states still to explore; it
+    starts as ``[(root, 0)]``.  Literal children are tried before the
+    parameter child, so leaves come out most specific first.
+    """
+    depth = len(segments)
+    while pending:
+        node, i = pending.pop()
+        while i < depth:
+            segment = segments[i]
+            i += 1
+            literal = node.literals.get(segment)
+            if node.param is not None and segment:
+                if literal is None:
+                    node = node.param
+                    continue
+                pending.append((node.param, i))
+            if literal is None:
+                break
+            node = literal
+        else:
+            if node.routes:
+                return node
+    return None
+
+
+class _Search:
+    """One request's full search: lazily parsed filters and the methods seen."""
+
+    __slots__ = ("method", "host", "headers", "query_string", "host_key", "header_pairs", "query_pairs", "allow")
+
+    def __init__(self, method: str, host: str | None, headers: Iterable, query_string: bytes) -> None:
+        self.method = method
+        self.host = host
+        self.headers = headers
+        self.query_string = query_string
+        # Parsed on first use only, like the headers and query string.
+        self.host_key: str | None = None  # "" when there is no host: matches no host rule
+        self.header_pairs: set | None = None
+        self.query_pairs: set | None = None
+        self.allow: set[str] = set()
+
+    def pick(self, routes: tuple[_Route, ...], extra: object) -> Found | None:
+        """The first of ``routes`` that accepts the request; note near misses."""
+        for route in routes:
+            if not (route.plain or self.satisfies(route)):
+                continue
+            if route.methods is None or self.method in route.methods:
+                return route.result(extra)
+            self.allow |= route.methods
+        return None
 
     def satisfies(self, route: _Route) -> bool:
         if route.host is not None:
-            host = self._host
-            if host is None:
-                return False
+            if self.host_key is None:
+                self.host_key = "" if self.host is None else normalize_host(self.host)
+            host = self.host_key
             if route.wildcard:
                 if not (host.endswith(route.host) and len(host) > len(route.host)):
                     return False
             elif host != route.host:
                 return False
         if route.headers:
-            if self._header_pairs is None:
-                self._header_pairs = {(bytes(n), bytes(v)) for n, v in self._headers}
-            if not route.headers <= self._header_pairs:
+            if self.header_pairs is None:
+                self.header_pairs = {(bytes(n), bytes(v)) for n, v in self.headers}
+            if not route.headers <= self.header_pairs:
                 return False
         if route.query:
-            if self._query_pairs is None:
-                raw = self._query_string.decode("utf-8", "replace")
-                self._query_pairs = set(parse_qsl(raw, keep_blank_values=True))
-            if not route.query <= self._query_pairs:
+            if self.query_pairs is None:
+                raw = self.query_string.decode("utf-8", "replace")
+                self.query_pairs = set(parse_qsl(raw, keep_blank_values=True))
+            if not route.query <= self.query_pairs:
                 return False
         return True
 
@@ -218,9 +290,10 @@ class Router:
         prefixes: dict[str, list[_Route]] = {}
         regexes: list[_Route] = []
         trie: _Node | None = None
+        shared: dict = {}
         for spec in sorted(specs, key=lambda s: s.index):
             path = compile_path(spec.index, spec.kind, spec.pattern)
-            route = _Route(spec, path)
+            route = _Route(spec, path, shared)
             if path.kind == "exact":
                 exact.setdefault(path.key, []).append(route)
             elif path.kind == "prefix":
@@ -232,12 +305,7 @@ class Router:
                     trie = _Node()
                 node = trie
                 for segment in path.key:
-                    if segment is not None:
-                        node = node.literals.setdefault(segment, _Node())
-                        continue
-                    if node.param is None:
-                        node.param = _Node()
-                    node = node.param
+                    node = node.child(segment)
                 node.routes += (route,)
         self._exact = {key: tuple(routes) for key, routes in exact.items()}
         self._trie = trie
@@ -253,69 +321,55 @@ class Router:
         headers: Iterable,
         query_string: bytes,
     ) -> Found | MethodNotAllowed | NotFound:
+        """Route one request.
+
+        ``host`` is the Host header (any port is ignored), ``headers`` the ASGI
+        list of (lower-case name, value) byte pairs and ``query_string`` the
+        raw ASGI query string.  Each of the three is only looked at when a
+        candidate route has a matcher of that kind.
+        """
+        # Fast path: the first candidate in precedence order is unfiltered
+        # and allows the method.  Anything else takes the full search.
         routes = self._exact.get(path)
         if routes is not None:
             route = routes[0]
             if route.plain and (route.methods is None or method in route.methods):
                 return route.found
-        request = None
-        allow: set[str] | None = None
-        for routes, extra in self._candidates(path):
-            for route in routes:
-                if not route.plain:
-                    if request is None:
-                        request = _Request(host, headers, query_string)
-                    if not request.satisfies(route):
-                        continue
-                if route.methods is None or method in route.methods:
-                    return route.result(extra)
-                if allow is None:
-                    allow = set()
-                allow |= route.methods
-        if allow:
-            return MethodNotAllowed(tuple(sorted(allow)))
-        return NOT_FOUND
+        elif self._trie is not None and path.startswith("/"):
+            segments = split_path(path)
+            leaf = _next_leaf(segments, [(self._trie, 0)])
+            if leaf is not None:
+                route = leaf.routes[0]
+                if route.plain and (route.methods is None or method in route.methods):
+                    return route.result(segments)
+        return self._search(method, path, host, headers, query_string)
 
-    def _candidates(self, path: str) -> Iterator[tuple[tuple[_Route, ...], object]]:
-        """Routes whose path matches, in precedence order, grouped by path key."""
+    def _search(
+        self, method: str, path: str, host: str | None, headers: Iterable, query_string: bytes
+    ) -> Found | MethodNotAllowed | NotFound:
+        """Try every candidate, tier by tier, in precedence order."""
+        search = _Search(method, host, headers, query_string)
         routes = self._exact.get(path)
-        if routes is not None:
-            yield routes, None
+        if routes is not None and (found := search.pick(routes, None)) is not None:
+            return found
         if self._trie is not None and path.startswith("/"):
             segments = split_path(path)
-            depth = len(segments)
-            node, i = self._trie, 0
-            pending: list[tuple[_Node, int]] = []  # parameter branches still to try
-            while True:
-                while True:
-                    if i == depth:
-                        if node.routes:
-                            yield node.routes, segments
-                        break
-                    segment = segments[i]
-                    i += 1
-                    literal = node.literals.get(segment)
-                    if node.param is not None and segment:
-                        if literal is None:
-                            node = node.param
-                            continue
-                        pending.append((node.param, i))
-                    if literal is None:
-                        break
-                    node = literal
-                if not pending:
-                    break
-                node, i = pending.pop()
-        if self._prefixes:
-            end = len(path)
-            while end > 0:
-                routes = self._prefixes.get(path[:end])
-                if routes is not None:
-                    yield routes, None
-                end = path.rfind("/", 0, end)
-        if self._root_prefix:
-            yield self._root_prefix, None
+            pending = [(self._trie, 0)]
+            while (leaf := _next_leaf(segments, pending)) is not None:
+                if (found := search.pick(leaf.routes, segments)) is not None:
+                    return found
+        end = len(path) if self._prefixes else 0
+        while end > 0:
+            routes = self._prefixes.get(path[:end])
+            if routes is not None and (found := search.pick(routes, None)) is not None:
+                return found
+            end = path.rfind("/", 0, end)
+        if (found := search.pick(self._root_prefix, None)) is not None:
+            return found
         for route in self._regexes:
-            found = route.regex.fullmatch(path)
-            if found is not None:
-                yield (route,), found
+            groups = route.regex.fullmatch(path)
+            if groups is not None and (found := search.pick((route,), groups)) is not None:
+                return found
+        if search.allow:
+            return MethodNotAllowed(tuple(sorted(search.allow)))
+        return NOT_FOUND

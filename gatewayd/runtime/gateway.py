@@ -17,6 +17,7 @@ from ..config.load import load_bytes, read
 from ..config.model import Config
 from ..dispatch.compile import compile_table
 from ..dispatch.table import Table
+from ..store import HostStore, MemoryStore
 from ..upstream.pool import Upstream, UpstreamRegistry
 from .status import RuntimeStatus
 
@@ -27,8 +28,9 @@ RETIRE_GRACE_S = 60.0
 
 
 class Gateway:
-    def __init__(self, path: str):
+    def __init__(self, path: str, store: HostStore | None = None):
         self.path = path
+        self.store = store if store is not None else MemoryStore()  # shared with the host's other workers
         self.status = RuntimeStatus()
         self.registry = UpstreamRegistry()
         self.config: Config | None = None
