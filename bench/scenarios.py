@@ -1,0 +1,125 @@
+"""Benchmark scenarios: the same work declared once for gatewayd and once for nginx.
+
+A scenario is one ``Scenario(...)`` entry in ``SCENARIOS``. Placeholders, filled
+in by the harness with free loopback ports:
+
+* ``@PORT@``          port of the server under test (nginx snippet only; the
+                      harness writes gatewayd's ``version``/``server`` header)
+* ``@UPSTREAM_PORT@`` port of the shared upstream nginx (only when the
+                      scenario declares ``upstream_nginx``)
+
+``gatewayd`` is the YAML below the ``server:`` section (``upstreams:``,
+``routes:``...). ``nginx`` is inserted verbatim into ``http {}`` and must
+contain a ``server`` block listening on ``127.0.0.1:@PORT@``.
+``upstream_nginx``, if set, runs in a separate nginx process that both
+gatewayd and nginx proxy to, so the upstream is identical for both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str
+    path: str
+    gatewayd: str
+    nginx: str
+    method: str = "GET"
+    headers: dict[str, str] = field(default_factory=dict)
+    upstream_nginx: str | None = None
+    # Sanity check made against both servers before any load is sent.
+    expect_status: int = 200
+    expect_json: Any = None
+
+
+# A separate nginx answering every request with a 13-byte JSON body.
+UPSTREAM_13_BYTES = r"""
+server {
+    listen 127.0.0.1:@UPSTREAM_PORT@;
+    location / {
+        default_type application/json;
+        return 200 '{"id": "42"}\n';
+    }
+}
+"""
+
+
+SCENARIOS: list[Scenario] = [
+    Scenario(
+        name="static",
+        description="GET /v1/health answered by the gateway itself: 200 with a small JSON body",
+        path="/v1/health",
+        gatewayd="""
+routes:
+  - {match: {path: /v1/health, methods: [GET]}, respond: {status: 200, json: {ok: true}}}
+""",
+        nginx="""
+server {
+    listen 127.0.0.1:@PORT@;
+    location = /v1/health { default_type application/json; return 200 '{"ok":true}'; }
+}
+""",
+        expect_json={"ok": True},
+    ),
+    Scenario(
+        name="proxy",
+        description=(
+            "GET /v1/items/42 with a required Authorization header, proxied over "
+            "keep-alive to an upstream returning 13 bytes of JSON"
+        ),
+        path="/v1/items/42",
+        headers={"Authorization": "Bearer k1"},
+        upstream_nginx=UPSTREAM_13_BYTES,
+        gatewayd="""
+upstreams:
+  items: {targets: ["http://127.0.0.1:@UPSTREAM_PORT@"]}
+routes:
+  - match: {path: "/v1/items/{id}", methods: [GET], headers: {authorization: "Bearer k1"}}
+    upstream: items
+""",
+        nginx="""
+upstream items {
+    server 127.0.0.1:@UPSTREAM_PORT@;
+    keepalive 64;
+}
+server {
+    listen 127.0.0.1:@PORT@;
+    location ~ ^/v1/items/[^/]+$ {
+        if ($http_authorization != "Bearer k1") { return 404; }
+        proxy_pass http://items;
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        # the request headers gatewayd adds on the way up
+        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        proxy_set_header X-Forwarded-Proto $scheme;
+        proxy_set_header X-Forwarded-Host $http_host;
+        proxy_set_header Via "1.1 nginx";
+        proxy_set_header X-Request-Id $request_id;
+    }
+}
+""",
+        expect_json={"id": "42"},
+    ),
+]
+
+
+def by_name() -> dict[str, Scenario]:
+    names = [s.name for s in SCENARIOS]
+    if len(names) != len(set(names)):
+        raise ValueError(f"duplicate scenario names: {names}")
+    return {s.name: s for s in SCENARIOS}
+
+
+def fill(template: str, **ports: int) -> str:
+    """Replace ``@NAME@`` placeholders; refuse to leave any unfilled."""
+    text = template
+    for key, value in ports.items():
+        text = text.replace(f"@{key.upper()}@", str(value))
+    for marker in ("@PORT@", "@UPSTREAM_PORT@"):
+        if marker in text:
+            raise ValueError(f"placeholder {marker} left unfilled (scenario needs it but it was not provided)")
+    return text
