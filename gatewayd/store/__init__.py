@@ -6,7 +6,9 @@ cache's shared tier) see only `HostStore`. The host-wide implementation is chose
 changing its users.
 """
 
-from .base import HostStore
+from .base import HostStore, StoreFull
+from .host import open_host_store
+from .lmdb_store import LMDBStore
 from .memory import MemoryStore
 
-__all__ = ["HostStore", "MemoryStore"]
+__all__ = ["HostStore", "LMDBStore", "MemoryStore", "StoreFull", "open_host_store"]

@@ -10,9 +10,16 @@ from __future__ import annotations
 from typing import Protocol
 
 
+class StoreFull(Exception):
+    """`put` found no room for the entry, even after purging the expired ones; nothing was written."""
+
+
 class HostStore(Protocol):
     def put(self, key: bytes, value: bytes, ttl: float | None = None) -> None:
-        """Set `key`; with `ttl` (seconds) the entry disappears after that long."""
+        """Set `key`; with `ttl` (seconds) the entry disappears after that long.
+
+        A store of fixed size raises `StoreFull` when the entry does not fit.
+        """
 
     def get(self, key: bytes) -> bytes | None:
         """The live value of `key`, or None."""
