@@ -2,7 +2,7 @@
 
 from .analysis import Finding, analyze
 from .paths import PathError
-from .router import NOT_FOUND, Found, MethodNotAllowed, NotFound, RouteSpec, Router
+from .router import NOT_FOUND, Found, MethodNotAllowed, NotFound, Router, RouteSpec
 
 __all__ = [
     "NOT_FOUND",

@@ -113,9 +113,6 @@ def _unreachable(
         for other, theirs in root_prefixes:
             if theirs.covers(matchers):
                 scope = "every request" if theirs.filterless else "a superset of requests"
-                return (
-                    f'route can never match: regexes are tried after prefixes and route {other} (prefix "/") '
-                    f"matches {scope}",
-                    other,
-                )
+                message = f'regexes are tried after prefixes and route {other} (prefix "/") matches {scope}'
+                return f"route can never match: {message}", other
     return None

@@ -147,7 +147,7 @@ def host_rule(index: int, host: str) -> tuple[str, bool]:
 class _Route:
     """A RouteSpec compiled into the fields the hot path reads."""
 
-    __slots__ = ("spec", "methods", "host", "wildcard", "headers", "query", "plain", "params", "regex", "found")
+    __slots__ = ("found", "headers", "host", "methods", "params", "plain", "query", "regex", "spec", "wildcard")
 
     def __init__(self, spec: RouteSpec, path: PathPattern, shared: dict) -> None:
         # ``shared`` de-duplicates equal values across the table (large tables repeat them).
@@ -233,7 +233,7 @@ def _next_leaf(segments: list[str], pending: list[tuple[_Node, int]]) -> _Node |
 class _Search:
     """One request's full search: lazily parsed filters and the methods seen."""
 
-    __slots__ = ("method", "host", "headers", "query_string", "host_key", "header_pairs", "query_pairs", "allow")
+    __slots__ = ("allow", "header_pairs", "headers", "host", "host_key", "method", "query_pairs", "query_string")
 
     def __init__(self, method: str, host: str | None, headers: Iterable, query_string: bytes) -> None:
         self.method = method
@@ -283,7 +283,7 @@ class _Search:
 class Router:
     """Compiles route specs once; :meth:`match` answers one request."""
 
-    __slots__ = ("_exact", "_trie", "_prefixes", "_root_prefix", "_regexes")
+    __slots__ = ("_exact", "_prefixes", "_regexes", "_root_prefix", "_trie")
 
     def __init__(self, specs: Sequence[RouteSpec]) -> None:
         exact: dict[str, list[_Route]] = {}
