@@ -56,7 +56,8 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def with_engine(text: str, engine: str) -> str:
-    """The config text with `engine: <engine>` set under the top-level `server:` mapping."""
+    """The config text with `engine: <engine>` set under the top-level `server:` mapping (and
+    `workers: 1`, see `with_workers`)."""
     text = textwrap.dedent(text).lstrip("\n")
     lines = text.splitlines()
     out: list[str] = []
@@ -76,7 +77,22 @@ def with_engine(text: str, engine: str) -> str:
     if not injected:
         out.append("server:")
         out.append(f"  engine: {engine}")
-    return "\n".join(out) + "\n"
+    return with_workers("\n".join(out) + "\n")
+
+
+def with_workers(text: str, workers: int = 1) -> str:
+    """The config text with `workers: <workers>` under `server:` unless it sets `workers` itself:
+    test gateways serve in one process (so `/health`'s pid is the started process's) unless the
+    test asks for more."""
+    text = textwrap.dedent(text).lstrip("\n")
+    if re.search(r"^\s+workers\s*:", text, re.M):
+        return text if text.endswith("\n") else text + "\n"
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if re.match(r"^server:\s*(#.*)?$", line):
+            lines.insert(i + 1, f"  workers: {workers}")
+            return "\n".join(lines) + "\n"
+    return "\n".join([*lines, "server:", f"  workers: {workers}"]) + "\n"
 
 
 def write_atomically(path: Path, data: str | bytes) -> None:

@@ -6,6 +6,7 @@ check (references between sections, routing conflicts) is done by `semantic.py`.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from . import units
@@ -27,16 +28,58 @@ class Listen:
 
 
 @dataclass(frozen=True, slots=True)
+class QuicConfig:
+    """HTTP/3 listeners (UDP), with the certificate and key of `server.tls`."""
+
+    listen: tuple[Listen, ...]
+    early_data: str  # "off" | "safe_methods"
+    alt_svc_max_age: float  # seconds
+
+
+@dataclass(frozen=True, slots=True)
+class TLSConfig:
+    """HTTPS listeners. `cert` and `key` are absolute paths (relative ones are taken from the config
+    file's folder); `semantic.py` checks that they can be read and belong together."""
+
+    listen: tuple[Listen, ...]
+    cert: str
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What a client may send, and how slowly. Sizes in bytes, durations in seconds."""
+
+    max_header_bytes: int = 16 * 1024
+    max_body_bytes: int = 10 * 1024 * 1024
+    header_read_timeout: float = 30.0
+    keep_alive_timeout: float = 75.0
+    max_concurrent_streams: int = 100
+
+
+@dataclass(frozen=True, slots=True)
 class ServerConfig:
     listen: tuple[Listen, ...]
     engine: str
     http: str
+    tls: TLSConfig | None = None
+    tcp_fastopen: bool = False
+    limits: Limits = Limits()
+    quic: QuicConfig | None = None
+    workers: int | None = None  # None: `auto`, one per CPU core the process may run on
+    cpu_pinning: bool = False
+    shutdown_timeout: float = 10.0  # seconds
 
 
 @dataclass(frozen=True, slots=True)
 class ObservabilityConfig:
     server_timing: bool
     health_path: str | None
+    latency_path: str | None = "/latency"
+    metrics_path: str | None = "/metrics"
+    endpoints_access: str = "public"  # "public" | "local" (loopback clients only), for latency and metrics
+    access_log_to: str = "off"  # "off" | "stdout" | "stderr" | a file path (made absolute)
+    access_log_sample: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +117,54 @@ class Config:
 
 
 ACTIONS = ("respond", "redirect", "upstream")
+
+
+def _quic(server: dict) -> QuicConfig | None:
+    quic = server.get("quic")
+    if quic is None:
+        return None
+    return QuicConfig(
+        listen=tuple(Listen.parse(s) for s in quic.get("listen", server["tls"]["listen"])),  # `quic` requires `tls`
+        early_data="off" if quic.get("early_data") is False else quic.get("early_data", "safe_methods"),
+        alt_svc_max_age=units.seconds(quic.get("alt_svc_max_age", "24h")),
+    )
+
+
+def _log_target(access_log: dict | None, file: str) -> str:
+    """`off` without an `access_log` section; a relative file path is taken from the working directory."""
+    if access_log is None:
+        return "off"
+    to = access_log.get("to", "stdout")
+    if to in ("off", "stdout", "stderr"):
+        return to
+    return os.path.abspath(os.path.expanduser(to))
+
+
+def _relative_to(file: str, path: str) -> str:
+    """`path` as an absolute path; a relative one is taken from the folder of the config `file`."""
+    return os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(file)), os.path.expanduser(path)))
+
+
+def _tls(server: dict, file: str) -> TLSConfig | None:
+    tls = server.get("tls")
+    if tls is None:
+        return None
+    return TLSConfig(
+        listen=tuple(Listen.parse(s) for s in tls["listen"]),
+        cert=_relative_to(file, tls["cert"]),
+        key=_relative_to(file, tls["key"]),
+    )
+
+
+def _limits(server: dict) -> Limits:
+    limits = server.get("limits", {})
+    return Limits(
+        max_header_bytes=units.size(limits.get("max_header_bytes", "16KiB")),
+        max_body_bytes=units.size(limits.get("max_body_bytes", "10MiB")),
+        header_read_timeout=units.seconds(limits.get("header_read_timeout", "30s")),
+        keep_alive_timeout=units.seconds(limits.get("keep_alive_timeout", "75s")),
+        max_concurrent_streams=limits.get("max_concurrent_streams", 100),
+    )
 
 
 def build(data: dict, file: str, sha256: str, marks: Marks, secret_paths: frozenset, skip_routes=frozenset()) -> Config:
@@ -117,10 +208,22 @@ def build(data: dict, file: str, sha256: str, marks: Marks, secret_paths: frozen
             listen=tuple(Listen.parse(s) for s in server.get("listen", ["127.0.0.1:8080"])),
             engine=server.get("engine", "granian"),
             http=server.get("http", "auto"),
+            tls=_tls(server, file),
+            tcp_fastopen=server.get("tcp_fastopen", False),
+            limits=_limits(server),
+            quic=_quic(server),
+            workers=None if server.get("workers", "auto") == "auto" else server["workers"],
+            cpu_pinning=server.get("cpu_pinning", False),
+            shutdown_timeout=units.seconds(server.get("shutdown_timeout", "10s")),
         ),
         observability=ObservabilityConfig(
             server_timing=obs.get("server_timing", True),
             health_path=endpoints.get("health", "/health"),
+            latency_path=endpoints.get("latency", "/latency"),
+            metrics_path=endpoints.get("metrics", "/metrics"),
+            endpoints_access=obs.get("endpoints_access", "public"),
+            access_log_to=_log_target(obs.get("access_log"), file),
+            access_log_sample=float(obs.get("access_log", {}).get("sample", 1)),
         ),
         upstreams=upstreams,
         policies=data.get("policies", {}),

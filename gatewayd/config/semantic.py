@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import ssl
 
 from ..dispatch.actions.redirect import placeholders
 from ..dispatch.specs import route_spec
@@ -45,8 +46,14 @@ def check(config: Config) -> list[Problem]:
                 problems.append(Problem(at(base + ("name",)), f"route name {r.name!r} is already used by the route at line {first}"))
             else:
                 seen_names[r.name] = r.index
-        if config.observability.health_path and r.match.get("path") == config.observability.health_path:
-            problems.append(Problem(at(base + ("match", "path")), f"route can never match: {r.match['path']} is the health endpoint (change observability.endpoints.health)"))
+        for key, own in _own_endpoints(config):
+            if r.match.get("path") == own:
+                problems.append(Problem(at(base + ("match", "path")), f"route can never match: {own} is the {key} endpoint (change observability.endpoints.{key})"))
+    seen_paths: dict[str, str] = {}
+    for key, own in _own_endpoints(config):
+        if own in seen_paths:
+            problems.append(Problem(at(("observability", "endpoints", key)), f"{own} is already the {seen_paths[own]} endpoint"))
+        seen_paths.setdefault(own, key)
     by_index = {r.index: r for r in config.routes}
     specs = []
     for spec in map(route_spec, config.routes):
@@ -61,6 +68,67 @@ def check(config: Config) -> list[Problem]:
         if finding.related is not None:
             message += f" (see the route at line {at(('routes', finding.related)).line})"
         problems.append(Problem(where, message))
+    problems += _server_problems(config)
+    return problems
+
+
+def _own_endpoints(config: Config) -> list[tuple[str, str]]:
+    """(key, path) of the gateway's own endpoints that are enabled."""
+    obs = config.observability
+    paths = (("health", obs.health_path), ("latency", obs.latency_path), ("metrics", obs.metrics_path))
+    return [(key, path) for key, path in paths if path]
+
+
+def _server_problems(config: Config) -> list[Problem]:
+    """`server.limits` values the schema cannot bound, TLS listeners that clash with plain ones, and
+    the TLS certificate and key: read here, at every load, so that `check` and reloads report them."""
+    at = config.marks.at
+    server = config.server
+    problems: list[Problem] = []
+    if server.limits.header_read_timeout <= 0:
+        problems.append(Problem(at(("server", "limits", "header_read_timeout")), "header_read_timeout must be more than 0s"))
+    if server.tls is None:
+        return problems
+    plain = set(server.listen)
+    for i, listen in enumerate(server.tls.listen):
+        if listen in plain:
+            problems.append(Problem(at(("server", "tls", "listen", i)), f"{listen} is also in server.listen: an address serves either HTTP or HTTPS"))
+    return problems + _tls_file_problems(config)
+
+
+_PEM_CERT = b"-----BEGIN CERTIFICATE-----"
+_PEM_KEY = re.compile(rb"-----BEGIN (?:RSA |EC )?PRIVATE KEY-----")
+
+
+def _tls_file_problems(config: Config) -> list[Problem]:
+    tls = config.server.tls
+    where = {name: config.marks.at(("server", "tls", name)) for name in ("cert", "key")}
+    problems: list[Problem] = []
+    for name, path, what in (("cert", tls.cert, "certificate"), ("key", tls.key, "private key")):
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as exc:
+            problems.append(Problem(where[name], f"cannot read the TLS {what} {path}: {exc.strerror}"))
+            continue
+        if name == "cert" and _PEM_CERT not in data:
+            problems.append(Problem(where[name], f"{path} holds no PEM certificate (a '-----BEGIN CERTIFICATE-----' block)"))
+        elif name == "key" and (b"ENCRYPTED" in data or not _PEM_KEY.search(data)):
+            problems.append(Problem(where[name], (
+                f"{path} holds an encrypted private key; decrypt it (openssl pkey -in KEY -out KEY.plain)" if b"ENCRYPTED" in data
+                else f"{path} holds no PEM private key (PKCS#8 'BEGIN PRIVATE KEY', PKCS#1 'BEGIN RSA PRIVATE KEY' or SEC1 'BEGIN EC PRIVATE KEY')"
+            )))  # fmt: skip
+    if problems:
+        return problems
+    try:  # do they parse, and does the key belong to the certificate?
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(tls.cert, tls.key, password=lambda: b"")
+    except ssl.SSLError as exc:
+        # OpenSSL says NO_CERTIFICATE_ASSIGNED when the key is of another type than the certificate's
+        if exc.reason in ("KEY_VALUES_MISMATCH", "NO_CERTIFICATE_ASSIGNED"):
+            message = f"the private key {tls.key} does not belong to the certificate {tls.cert}"
+        else:
+            message = f"the TLS certificate and key cannot be used: {exc.reason or exc}"
+        problems.append(Problem(where["key"], message))
     return problems
 
 

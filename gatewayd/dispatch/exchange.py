@@ -2,7 +2,8 @@
 
 All responses leave through `start`, which is where `X-Request-Id` and `Server-Timing` are added,
 so no path (static, proxied, error) can forget them. Server-Timing is measured from the request's
-arrival in the app (`t0`) to the moment the response start is handed to the server.
+arrival in the app (`t0`) to the moment the response start is handed to the server (`t_start`, which
+the latency statistics use too).
 """
 
 from __future__ import annotations
@@ -16,6 +17,17 @@ _JSON = (b"content-type", b"application/json")
 _RID_PREFIX = os.urandom(5).hex().encode()
 _rid_counter = itertools.count(1)
 
+# headers every response carries, fixed for the life of the process: the HTTP/3 listener puts its
+# `Alt-Svc` here once its sockets are bound
+STANDING_HEADERS: list[tuple[bytes, bytes]] = []
+# the ASGI scope extension the HTTP/3 listener sets on a request that arrived in 0-RTT early data
+EARLY_DATA = "gatewayd.early_data"
+
+
+def in_early_data(scope) -> bool:
+    """Whether the request arrived in 0-RTT early data, which an attacker can replay (RFC 8470)."""
+    return EARLY_DATA in (scope.get("extensions") or ())
+
 
 def new_request_id() -> bytes:
     """A unique id: a per-process random prefix and a counter (cheaper than uuid4 on the hot path)."""
@@ -23,7 +35,12 @@ def new_request_id() -> bytes:
 
 
 class Exchange:
-    __slots__ = ("scope", "receive", "send", "t0", "request_id", "params", "timing", "started", "route_name")
+    __slots__ = (
+        "scope", "receive", "send", "t0", "request_id", "params", "timing", "started", "route_name",
+        # for gatewayd.observe, set only when known (read with getattr): the response status and its start
+        # time (perf_counter_ns), body bytes sent, the end time, and what the proxy reports
+        "status", "t_start", "sent", "t_end", "upstream", "upstream_ns", "upstream_error", "trace_id",
+    )  # fmt: skip
 
     def __init__(self, scope, receive, send, t0: int, request_id: bytes, timing: bool):
         self.scope = scope
@@ -35,18 +52,24 @@ class Exchange:
         self.params: dict[str, str] = {}
         self.started = False
         self.route_name = ""
+        self.upstream = None  # the proxy's upstream name
 
     async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         """Send the response start; `headers` is extended in place."""
         headers.append((b"x-request-id", self.request_id))
+        if STANDING_HEADERS:
+            headers.extend(STANDING_HEADERS)
+        self.status = status
+        t = self.t_start = perf_counter_ns()
         if self.timing:
-            headers.append((b"server-timing", b"total;dur=%.3f" % ((perf_counter_ns() - self.t0) / 1e6)))
+            headers.append((b"server-timing", b"total;dur=%.3f" % ((t - self.t0) / 1e6)))
         self.started = True
         await self.send({"type": "http.response.start", "status": status, "headers": headers})
 
     async def respond(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
         """A whole response in two sends; `headers` must already carry content-length."""
         await self.start(status, headers)
+        self.sent = len(body)
         await self.send({"type": "http.response.body", "body": body})
 
     async def error(self, status: int, error: str, message: str, headers=()) -> None:

@@ -3,6 +3,7 @@
 Requests flow: arrival time -> request id -> router match (404/405 decided here) -> the route's
 policy steps in order (any may answer instead) -> the route's action. Everything it reads was
 precomputed by `compile.py`; swapping configs is replacing the one `Table` reference the app holds.
+When a request is over (its response body sent, or failed), `record` hands it to `gatewayd.observe`.
 """
 
 from __future__ import annotations
@@ -11,38 +12,61 @@ import logging
 from time import monotonic, perf_counter_ns
 
 from ..routing import Found, MethodNotAllowed
-from .exchange import Exchange, new_request_id
+from .exchange import EARLY_DATA, Exchange, new_request_id
 
 log = logging.getLogger("gatewayd.dispatch")
 
+# the only methods served from 0-RTT early data, which can be replayed; others get 425 (RFC 8470)
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
 
 class Table:
-    __slots__ = ("router", "routes", "health_path", "health", "server_timing", "needs_host", "generation")
+    __slots__ = (
+        "router", "routes", "endpoints", "record", "server_timing", "needs_host", "generation",
+        "max_header_bytes", "max_body_bytes",
+    )  # fmt: skip
 
-    def __init__(self, router, routes, health_path, health, server_timing: bool, needs_host: bool):
+    def __init__(
+        self, router, routes, endpoints, record, server_timing: bool, needs_host: bool,
+        max_header_bytes: int = 16 * 1024, max_body_bytes: int = 10 * 1024 * 1024,
+    ):  # fmt: skip
         self.router = router
         self.routes = routes  # CompiledRoute per config route, in file order
-        self.health_path = health_path
-        self.health = health
+        self.endpoints = endpoints  # path -> action of the gateway's own endpoints (/health, /latency, /metrics)
+        self.record = record  # record(exchange), once per request when it is over (gatewayd/observe)
         self.server_timing = server_timing
         self.needs_host = needs_host
+        self.max_header_bytes = max_header_bytes  # server.limits: answered here, before any route runs
+        self.max_body_bytes = max_body_bytes
 
     async def handle(self, scope, receive, send) -> None:
         t0 = perf_counter_ns()
-        request_id = host = None
+        request_id = host = length = None
         headers = scope["headers"]
+        size = 4 * len(headers)  # header section size as on an HTTP/1.1 wire: ": " and CRLF per field
         for name, value in headers:
+            size += len(name) + len(value)
             if name == b"x-request-id":
                 request_id = value
             elif name == b"host":
                 host = value
+            elif name == b"content-length":
+                length = value
         if request_id is None or len(request_id) > 200:
             request_id = new_request_id()
         ex = Exchange(scope, receive, send, t0, request_id, self.server_timing)
         try:
+            if size > self.max_header_bytes:
+                return await ex.error(431, "headers_too_large", f"the request's headers exceed {self.max_header_bytes} bytes")
+            if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
+                return await ex.error(413, "body_too_large", f"the request body exceeds {self.max_body_bytes} bytes")
+            if EARLY_DATA in (scope.get("extensions") or ()) and scope["method"] not in SAFE_METHODS:
+                return await ex.error(425, "too_early", "send this request again once the TLS handshake is complete")
             path = scope["path"]
-            if path == self.health_path:
-                return await self.health(ex)
+            endpoint = self.endpoints.get(path)
+            if endpoint is not None:
+                ex.route_name = None  # the gateway's own endpoints are not recorded
+                return await endpoint(ex)
             method = scope["method"]
             host = host.decode("latin-1") if host is not None and self.needs_host else None
             result = self.router.match(method, path, host, headers, scope["query_string"])
@@ -67,3 +91,6 @@ class Table:
                 await ex.error(500, "internal_error", "the gateway failed to handle this request")
             else:
                 raise
+        finally:
+            if ex.route_name is not None:
+                self.record(ex)

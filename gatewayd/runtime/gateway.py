@@ -17,6 +17,7 @@ from ..config.load import load_bytes, read
 from ..config.model import Config
 from ..dispatch.compile import compile_table
 from ..dispatch.table import Table
+from ..observe import Observer
 from ..store import HostStore, MemoryStore
 from ..upstream.pool import Upstream, UpstreamRegistry
 from .status import RuntimeStatus
@@ -32,6 +33,7 @@ class Gateway:
         self.path = path
         self.store = store if store is not None else MemoryStore()  # shared with the host's other workers
         self.status = RuntimeStatus()
+        self.observer = Observer(self.store, self.status)  # latency, metrics, access log
         self.registry = UpstreamRegistry()
         self.config: Config | None = None
         self.table: Table | None = None
@@ -40,7 +42,7 @@ class Gateway:
     def _build(self, raw: bytes) -> tuple[Config, Table, dict[str, Upstream], list[Upstream]]:
         config = load_bytes(raw, self.path)
         live, retired = self.registry.resolve(config.upstreams)
-        return config, compile_table(config, live, self.status), live, retired
+        return config, compile_table(config, live, self.status, self.observer), live, retired
 
     def start(self) -> Config:
         """The first load: a bad file raises ConfigError (the caller exits 1)."""
@@ -58,6 +60,7 @@ class Gateway:
                 config, table, live, retired = await asyncio.to_thread(self._build, raw)
             except ConfigError as exc:
                 self.status.failed(str(exc))
+                self.observer.reload_failures += 1
                 log.error("reload (%s) rejected, still serving generation %d:\n%s", reason, self.status.generation, exc)
                 return False
             self._swap(config, table, live)
@@ -71,8 +74,10 @@ class Gateway:
         self.config = config
         self.registry.commit(live)
         self.status.loaded(config.sha256)
+        self.observer.configure(config.observability)
 
     async def close(self) -> None:
+        await self.observer.close()
         for upstream in self.registry.resolve({})[1]:
             await upstream.close()
 

@@ -14,6 +14,7 @@ class RuntimeStatus:
     last_reload_at: float | None = None  # unix time of the last successful load
     last_reload_error: str | None = None  # the located message of the last failed reload, or None
     started_monotonic: float = field(default_factory=time.monotonic)
+    worker: int = 0  # this process's index among the host's worker processes (0 when it serves alone)
 
     def loaded(self, sha256: str) -> None:
         self.generation += 1
@@ -33,4 +34,5 @@ class RuntimeStatus:
             "last_reload_error": self.last_reload_error,
             "uptime_s": round(time.monotonic() - self.started_monotonic, 3),
             "pid": os.getpid(),
+            "worker": self.worker,
         }

@@ -9,37 +9,137 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
+from pathlib import Path
 
-from granian.constants import HTTPModes, Interfaces
+from granian.constants import HTTPModes, Interfaces, SSLProtocols
+from granian.http import HTTP1Settings, HTTP2Settings
+from granian.net import SocketSpec
 from granian.server.embed import Server
 
-from ..config.model import Listen
+from ..config.model import Limits, Listen, ServerConfig, TLSConfig
+
+log = logging.getLogger("gatewayd")
 
 _HTTP = {"auto": HTTPModes.auto, "1": HTTPModes.http1, "2": HTTPModes.http2}
+# the engine's own header limits sit this far above `max_header_bytes`, which the app enforces
+# exactly: room for the request line (HTTP/1.1) or pseudo-headers and HPACK's 32 bytes a field (HTTP/2)
+HEAD_ROOM = 8 * 1024
+FASTOPEN_QUEUE = 256  # pending TCP Fast Open connections a listener accepts before falling back to a plain handshake
 
 
-async def serve(app, listeners: tuple[Listen, ...], http: str, stop: asyncio.Event) -> None:
+class _Server(Server):
+    """Granian's embedded server; with `fastopen`, it binds its listening socket itself (Granian's
+    own ListenerSpec, so with the same options) to set TCP_FASTOPEN on it, and hands it to its worker."""
+
+    def __init__(self, *args, fastopen: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fastopen = fastopen
+
+    def _init_shared_socket(self):
+        if not self.fastopen:
+            return super()._init_shared_socket()
+        holder = SocketSpec(self.bind_addr, self.bind_port, self.backlog).build()
+        set_fastopen(holder.get_fd())
+        self._ssp, self._shd, self._sfd = None, holder, holder.get_fd()
+
+
+def set_fastopen(fd: int) -> bool:
+    """Set TCP_FASTOPEN on the listening socket `fd` (not taking it over); False where there is no such option."""
+    if not hasattr(socket, "TCP_FASTOPEN"):
+        return False
+    with socket.socket(fileno=os.dup(fd)) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_FASTOPEN, FASTOPEN_QUEUE)
+    return True
+
+
+def http_settings(limits: Limits) -> tuple[HTTP1Settings, HTTP2Settings]:
+    """`server.limits` as Granian's settings. Granian has no idle timeout for HTTP/1.1 connections
+    besides `header_read_timeout` (hyper counts waiting for the next request as reading its head);
+    `keep_alive_timeout` turns HTTP/1.1 keep-alive off at 0s and is the HTTP/2 keep-alive ping interval."""
+    keep_alive_ms = round(limits.keep_alive_timeout * 1000)
+    h1 = HTTP1Settings(
+        header_read_timeout=max(1, round(limits.header_read_timeout * 1000)),
+        keep_alive=keep_alive_ms > 0,
+        # also its read buffer: kept at Granian's default at least, as smaller ones slow uploads down
+        max_buffer_size=max(HTTP1Settings.max_buffer_size, limits.max_header_bytes + HEAD_ROOM),
+    )
+    h2 = HTTP2Settings(
+        keep_alive_interval=keep_alive_ms or None,
+        max_concurrent_streams=limits.max_concurrent_streams,
+        max_headers_size=limits.max_header_bytes + HEAD_ROOM,
+    )
+    return h1, h2
+
+
+def _tls_options(tls: TLSConfig | None) -> dict:
+    if tls is None:
+        return {}
+    return {"ssl_cert": Path(tls.cert), "ssl_key": Path(tls.key), "ssl_protocol_min": SSLProtocols.tls12}
+
+
+async def serve(
+    app, listeners: tuple[Listen, ...], http: str, stop: asyncio.Event, shutdown_timeout: float = 10.0,
+    server: ServerConfig | None = None,
+) -> None:  # fmt: skip
+    """Serve until `stop` is set, then stop accepting and wait up to `shutdown_timeout` seconds for the
+    requests in flight: Granian's `Server.stop()` closes the listener and idle keep-alive connections
+    at once, and its `serve()` returns when the last in-flight response is sent (it has no time limit
+    of its own, so the limit is applied here).
+
+    `server` gives the TLS listeners, TCP Fast Open and limits (default: the gateway's config at start)."""
     logging.getLogger("_granian").setLevel(logging.WARNING)
     logging.getLogger("granian").setLevel(logging.WARNING)
+    if server is None:
+        server = app.gateway.config.server
+    tls = server.tls
+    fastopen = server.tcp_fastopen and hasattr(socket, "TCP_FASTOPEN")
+    if server.tcp_fastopen and not fastopen:
+        log.warning("server.tcp_fastopen: this system has no TCP Fast Open; listening without it")
+    h1, h2 = http_settings(server.limits)
+    binds = [(listen, None) for listen in listeners] + [(listen, tls) for listen in (tls.listen if tls else ())]
+    if tls:
+        log.info("serving HTTPS on %s", ", ".join(f"https://{l}" for l in tls.listen))
     servers = [
-        Server(
+        _Server(
             app,
             address=listen.host,
             port=listen.port,
             interface=Interfaces.ASGINL,  # our app has no lifespan work; skip Granian's lifespan round trip
             http=_HTTP[http],
             websockets=False,
+            http1_settings=h1,
+            http2_settings=h2,
             log_enabled=False,
+            fastopen=fastopen,
+            **_tls_options(listen_tls),
         )
-        for listen in listeners
+        for listen, listen_tls in binds
     ]
-    tasks = [asyncio.create_task(s.serve()) for s in servers]
+    # each Server binds its own socket with SO_REUSEPORT (Granian's ListenerSpec on Linux), so the
+    # workers of one host can all listen on the same addresses
+    tasks = {asyncio.create_task(s.serve()): listen for s, (listen, _) in zip(servers, binds)}
     stopper = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
     for s in servers:
         s.stop()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    _, pending = await asyncio.wait(tasks, timeout=shutdown_timeout)
+    if pending:
+        log.warning("requests still in flight after %gs; closing them", shutdown_timeout)
+        for t in pending:
+            t.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
     stopper.cancel()
     for t in done:
         if t is not stopper and t.exception():
-            raise t.exception()
+            raise _listen_error(t.exception(), tasks[t])
+
+
+def _listen_error(exc: BaseException, listen: Listen) -> BaseException:
+    """Granian reports a failed bind as a RuntimeError whose first line ends in `(os error N)`,
+    followed by a Rust backtrace: make it an OSError naming the address."""
+    first = str(exc).split("\n", 1)[0]
+    if isinstance(exc, RuntimeError) and "(os error" in first:
+        return OSError(f"cannot listen on {listen}: {first}")
+    return exc

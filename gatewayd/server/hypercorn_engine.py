@@ -7,16 +7,199 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
+from ssl import SSLError
 
+import hypercorn.asyncio.run
 from hypercorn.asyncio import serve as hypercorn_serve
+from hypercorn.asyncio.tcp_server import MAX_RECV, TCPServer
 from hypercorn.config import Config as HypercornConfig
+from hypercorn.events import Closed, RawData, Updated
+from hypercorn.protocol.h2 import H2Protocol
+from hypercorn.protocol.h11 import H11Protocol
 
-from ..config.model import Listen
+from ..config.model import Listen, ServerConfig
+
+log = logging.getLogger("gatewayd")
+
+# Hypercorn's own header limits sit this far above `max_header_bytes`, which the app enforces
+# exactly: room for the request line (HTTP/1.1) or pseudo-headers and HPACK's 32 bytes a field (HTTP/2)
+HEAD_ROOM = 8 * 1024
+FASTOPEN_QUEUE = 256  # pending TCP Fast Open connections a listener accepts before falling back to a plain handshake
 
 
-async def serve(app, listeners: tuple[Listen, ...], http: str, stop: asyncio.Event) -> None:
-    config = HypercornConfig()
-    config.bind = [str(listen) for listen in listeners]
+class _Config(HypercornConfig):
+    header_read_timeout: float = 30.0  # read by _TCPServer
+
+
+class _TCPServer(TCPServer):
+    """Hypercorn's connection handler plus a deadline for an HTTP/1.1 request's head, from its first
+    byte: Hypercorn itself only has the keep-alive timer, which runs from the end of the previous
+    response (or the connection's start) until the head is complete. Idle connections are left to
+    that timer; HTTP/2 connections are not affected."""
+
+    _head_deadline: float | None = None  # loop time by which the request head being read must be complete
+    _waiting_for_head = True  # Hypercorn reports Updated(idle=True) between requests, idle=False once a head is in
+
+    async def protocol_send(self, event) -> None:
+        if isinstance(event, Updated):
+            self._waiting_for_head = event.idle
+            self._head_deadline = None
+        await super().protocol_send(event)
+
+    async def _read_data(self) -> None:  # Hypercorn's loop, with the deadline applied to each read
+        while not self.reader.at_eof():
+            timeout = self.config.read_timeout
+            if self._head_deadline is not None:
+                timeout = max(0.0, self._head_deadline - self.loop.time())
+            try:
+                data = await asyncio.wait_for(self.reader.read(MAX_RECV), timeout)
+            except (ConnectionError, OSError, asyncio.TimeoutError, TimeoutError, SSLError):
+                break
+            if data and self._waiting_for_head and self._head_deadline is None and isinstance(self.protocol.protocol, H11Protocol):
+                self._head_deadline = self.loop.time() + self.config.header_read_timeout
+            try:
+                await self.protocol.handle(RawData(data))
+            except KeyError:
+                # Hypercorn's HTTP/2 on DATA for a stream it has closed (answered before the request
+                # ended): its state is lost, so end the connection, without a traceback in the log
+                if not isinstance(self.protocol.protocol, H2Protocol):
+                    raise
+                break
+        # nothing more will be read: close now. (Hypercorn would keep the socket until the keep-alive
+        # timer ran out, as that timer is a task of the connection's task group.)
+        await self.idle_task.stop()
+        await self.protocol.handle(Closed())
+
+
+DRAIN_LIMIT_S = 60.0  # longest a finished request's unread body is consumed
+DRAIN_QUIET_S = 2.0  # ... and it stops once nothing has come for this long
+_drains: set[asyncio.Task] = set()
+
+
+def _draining(app):
+    """The ASGI app, plus: when it answers a request whose body it has not read to the end (a 413 for
+    an oversized upload, a 404 to a POST), what Hypercorn still delivers of that body is taken and
+    dropped in the background, from the response's last message on. Otherwise Hypercorn's reader
+    blocks on the full per-request queue, and so does the response's end, which puts
+    `http.disconnect` on that queue: the connection (on HTTP/2, every stream of it) hangs until
+    shutdown. Bounded: Hypercorn closes an HTTP/1.1 connection whose request was not read to the end,
+    and ends the stream on HTTP/2."""
+
+    async def drain(receive) -> None:
+        try:
+            async with asyncio.timeout(DRAIN_LIMIT_S):
+                while True:
+                    message = await asyncio.wait_for(receive(), DRAIN_QUIET_S)
+                    if message["type"] == "http.request" and not message.get("more_body"):
+                        return  # the whole body is in (at once for a request without one)
+                    # after `http.disconnect`, go on: the reader may still have data queued behind it
+        except TimeoutError:
+            pass  # nothing came for DRAIN_QUIET_S: the connection or stream is over
+
+    async def wrapped(scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await app(scope, receive, send)
+        read_all = draining = False
+
+        def start_draining() -> None:
+            nonlocal draining
+            if not read_all and not draining:
+                draining = True
+                task = asyncio.ensure_future(drain(receive))
+                _drains.add(task)  # a reference, or the task could be collected mid-way
+                task.add_done_callback(_drains.discard)
+
+        async def tracking_receive():
+            nonlocal read_all
+            message = await receive()
+            if message["type"] == "http.disconnect" or not message.get("more_body"):
+                read_all = True
+            return message
+
+        async def draining_send(message) -> None:
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                start_draining()
+            await send(message)
+
+        try:
+            await app(scope, tracking_receive, draining_send)
+        finally:
+            start_draining()  # also when the app failed (Hypercorn then answers 500) or sent no body
+
+    return wrapped
+
+
+async def serve(
+    app, listeners: tuple[Listen, ...], http: str, stop: asyncio.Event, shutdown_timeout: float = 10.0,
+    server: ServerConfig | None = None,
+) -> None:  # fmt: skip
+    """Serve until `stop` is set. Hypercorn then closes its listeners, lets each connection finish
+    the request it is serving (idle keep-alive connections close), and waits up to
+    `graceful_timeout` for them before returning.
+
+    `server` gives the TLS listeners, TCP Fast Open and limits (default: the gateway's config at start)."""
+    if server is None:
+        server = app.gateway.config.server
+    tls = server.tls
+    fastopen = server.tcp_fastopen and hasattr(socket, "TCP_FASTOPEN")
+    if server.tcp_fastopen and not fastopen:
+        log.warning("server.tcp_fastopen: this system has no TCP Fast Open; listening without it")
+    if tls:
+        log.info("serving HTTPS on %s", ", ".join(f"https://{l}" for l in tls.listen))
+    config = _Config()
+    # Hypercorn's own `workers` shares one socket between its processes; our workers each bind
+    # their own with SO_REUSEPORT (so the kernel spreads connections) and hand it over as fd://N
+    fds: list[int] = []
+    try:
+        for listen in (*listeners, *(tls.listen if tls else ())):
+            fds.append(_listening_socket(listen, fastopen))
+    except OSError:
+        for fd in fds:
+            os.close(fd)
+        raise
+    binds = [f"fd://{fd}" for fd in fds]
+    if tls:  # with a certificate, Hypercorn serves `bind` with TLS and `insecure_bind` without
+        config.certfile, config.keyfile = tls.cert, tls.key  # its TLS: 1.2 at least, ALPN h2 and http/1.1
+        config.bind, config.insecure_bind = binds[len(listeners) :], binds[: len(listeners)]
+    else:
+        config.bind = binds
+    limits = server.limits
+    config.h11_max_incomplete_size = limits.max_header_bytes + HEAD_ROOM
+    config.h2_max_header_list_size = limits.max_header_bytes + HEAD_ROOM
+    config.h2_max_concurrent_streams = limits.max_concurrent_streams
+    config.header_read_timeout = limits.header_read_timeout
+    config.ssl_handshake_timeout = limits.header_read_timeout
+    if limits.keep_alive_timeout > 0:
+        config.keep_alive_timeout = limits.keep_alive_timeout
+    else:  # no keep-alive: `Connection: close` on every response; the timer then bounds the wait for the first request
+        config.keep_alive_max_requests = 1
+        config.keep_alive_timeout = limits.header_read_timeout
+    hypercorn.asyncio.run.TCPServer = _TCPServer  # what Hypercorn's accept callback instantiates
     config.accesslog = None
     config.errorlog = logging.getLogger("gatewayd.hypercorn")
-    await hypercorn_serve(app, config, shutdown_trigger=stop.wait, mode="asgi")
+    config.graceful_timeout = shutdown_timeout
+    await hypercorn_serve(_draining(app), config, shutdown_trigger=stop.wait, mode="asgi")
+
+
+def _listening_socket(listen: Listen, fastopen: bool = False) -> int:
+    """A bound TCP socket for `listen` with SO_REUSEPORT, detached: Hypercorn owns and closes the fd.
+    Options as Hypercorn sets them on the sockets it binds itself (it calls listen() later), and
+    TCP_FASTOPEN with `fastopen`."""
+    family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if fastopen:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_FASTOPEN, FASTOPEN_QUEUE)
+        try:
+            sock.bind((listen.host, listen.port))
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot listen on {listen}: {exc.strerror}") from None
+    except BaseException:
+        sock.close()
+        raise
+    return sock.detach()

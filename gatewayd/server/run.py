@@ -1,21 +1,32 @@
-"""`gatewayd serve`: load the config, start the engine on its listeners, reload on change, stop on signal."""
+"""`gatewayd serve`: load the config, start the engine on its listeners, reload on change, stop on signal.
+
+With `server.workers` above 1 this process becomes the supervisor of that many worker processes
+(supervisor.py), each of which comes back here and serves in-process as worker N.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
+import os
 import signal
 import sys
 
 import uvloop
 
 from ..config.errors import ConfigError
-from ..config.model import Listen
+from ..config.load import load_bytes, read
+from ..config.model import Listen, ServerConfig
 from ..runtime.gateway import Gateway
 from ..runtime.watch import reload_on_sighup, watch_file
+from ..store import HostStore, MemoryStore
 from .app import GatewayApp
+from .supervisor import SIGNALS, Supervisor, WorkerRole, allowed_cpus
 
 log = logging.getLogger("gatewayd")
+
+_PR_SET_PDEATHSIG = 1  # prctl option, from <linux/prctl.h>
 
 
 def _engine(name: str):
@@ -27,36 +38,144 @@ def _engine(name: str):
 
 
 def serve(path: str, listen: list[str]) -> int:
-    gateway = Gateway(path)
+    """Serve `path` in this process (`server.workers: 1`, or as a supervisor's worker), or start a
+    supervisor with one worker process per `server.workers` (see supervisor.py). The exit code."""
+    role = WorkerRole.from_env()
+    if role is not None:
+        _die_with_supervisor(role.supervisor_pid)
+        _label_logs(role.index)
+        return _serve_process(path, listen, role.index, role.cpu, role.state_dir)
     try:
-        config = gateway.start()
+        config = load_bytes(read(path), path)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
-    listeners = tuple(Listen.parse(s) for s in listen) or config.server.listen
-    log.info(
-        "gatewayd serving %s on %s with %s (generation %d, %d routes)",
-        path,
-        ", ".join(f"http://{l}" for l in listeners),
-        config.server.engine,
-        gateway.status.generation,
-        len(config.routes),
-    )
-    uvloop.run(_serve(gateway, listeners, config.server.engine, config.server.http))
-    return 0
+    workers = config.server.workers or len(allowed_cpus())
+    if workers > 1:
+        return Supervisor(path, listen, config, workers).run()
+    cpu = allowed_cpus()[0] if config.server.cpu_pinning else None
+    return _serve_process(path, listen, 0, cpu, None)
 
 
-async def _serve(gateway: Gateway, listeners, engine: str, http: str) -> None:
+def _serve_process(path: str, listen: list[str], worker: int, cpu: int | None, state_dir: str | None) -> int:
+    if cpu is not None:
+        _pin(cpu)  # before any thread starts: threads inherit the affinity of the thread creating them
+    store = _host_store(state_dir)
+    try:
+        gateway = Gateway(path, store=store)
+        gateway.status.worker = worker
+        try:
+            config = gateway.start()
+        except ConfigError as exc:
+            print(exc, file=sys.stderr)
+            return 1
+        listeners = tuple(Listen.parse(s) for s in listen) or config.server.listen
+        log.info(
+            "gatewayd serving %s on %s with %s (pid %d, generation %d, %d routes)",
+            path,
+            ", ".join(f"http://{l}" for l in listeners),
+            config.server.engine,
+            os.getpid(),
+            gateway.status.generation,
+            len(config.routes),
+        )
+        try:
+            uvloop.run(_serve(gateway, listeners, config.server))
+        except OSError as exc:  # a listener could not be bound
+            log.error("%s", exc)
+            return 1
+        return 0
+    finally:
+        store.close()
+
+
+async def _together(servers, stop: asyncio.Event) -> None:
+    """Run the servers side by side; the first to end (one that cannot bind, say) stops the others,
+    and its error is raised."""
+    tasks = [asyncio.create_task(s) for s in servers]
+    for task in tasks:
+        task.add_done_callback(lambda _: stop.set())
+    for result in await asyncio.gather(*tasks, return_exceptions=True):
+        if isinstance(result, BaseException):
+            raise result
+
+
+async def _serve(gateway: Gateway, listeners, server: ServerConfig) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_stop_signal() -> None:
+        if not stop.is_set():
+            log.info("stopping: no new connections; requests in flight get up to %gs", server.shutdown_timeout)
+            stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_stop_signal)
     reload_on_sighup(gateway)
+    # a supervisor starts its workers with these blocked, so that one sent during start-up waits for
+    # the handlers above instead of killing the process; deliver any that are pending now
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
     watcher = asyncio.create_task(watch_file(gateway, stop))
+    gateway.observer.start()  # fold, publish and flush the latency, metrics and access log each second
+    app = GatewayApp(gateway)
+    servers = [_engine(server.engine).serve(app, listeners, server.http, stop, server.shutdown_timeout)]
+    if server.quic is not None:  # HTTP/3 beside the TCP listeners: same app, same loop
+        from .quic.listener import serve as serve_quic
+
+        servers.append(serve_quic(app, gateway.store, server, stop))
     try:
-        await _engine(engine).serve(GatewayApp(gateway), listeners, http, stop)
+        await _together(servers, stop)
     finally:
         stop.set()
         await watcher
         await gateway.close()
         log.info("gatewayd stopped")
+
+
+def _host_store(state_dir: str | None) -> HostStore:
+    """The store shared by the host's workers (in `state_dir`), or a private one when serving alone."""
+    if state_dir is None:
+        return MemoryStore()
+    try:
+        from ..store.host import open_host_store
+    except ModuleNotFoundError as exc:
+        if exc.name != "gatewayd.store.host":
+            raise
+        return MemoryStore()  # no host-wide store in this build: each worker keeps its own
+    return open_host_store(state_dir)
+
+
+def _pin(cpu: int) -> None:
+    try:
+        os.sched_setaffinity(0, {cpu})
+    except (AttributeError, OSError) as exc:
+        log.warning("cannot pin this process to core %d: %s", cpu, exc)
+
+
+def _die_with_supervisor(supervisor_pid: int | None) -> None:
+    """Ask the kernel for a SIGTERM (a graceful stop) when the supervisor dies, even by SIGKILL."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux
+        return
+    if supervisor_pid is not None and os.getppid() != supervisor_pid:
+        os.kill(os.getpid(), signal.SIGTERM)  # it died before the request took effect; delivered once unblocked
+
+
+class _WorkerLabel(logging.Filter):
+    """Adds `[worker N]` to the logger name, so that the workers' lines on the shared stderr can be told apart."""
+
+    def __init__(self, index: int):
+        super().__init__()
+        self.label = f"[worker {index}]"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.endswith(self.label):
+            record.name += self.label
+        return True
+
+
+def _label_logs(index: int) -> None:
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_WorkerLabel(index))

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from time import perf_counter_ns
 
 from pyreqwest.exceptions import ConnectTimeoutError, PyreqwestError, RequestTimeoutError
 
+from ..dispatch.exchange import in_early_data
+from ..observe import trace
 from ..policies import HeaderEdit
 from .pool import Upstream
 
@@ -23,20 +26,36 @@ HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade"}
 )
 # set by the gateway itself on the way up; the client's values are folded in or replaced
-_OWN = frozenset({b"host", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"via", b"x-request-id"})
+# (`early-data` is never trusted from the client: it is set only when the gateway received the request in 0-RTT)
+_OWN = frozenset(
+    {b"host", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"via", b"x-request-id", b"early-data"}
+)
+
+
+# HTTP versions whose requests may carry a body without Content-Length or Transfer-Encoding
+_FRAMED = frozenset({"2", "3"})
 
 
 class ClientDisconnected(Exception):
     """The client went away while its request body was being forwarded."""
 
 
-async def _body(receive):
+class BodyTooLarge(Exception):
+    """The request body grew past `server.limits.max_body_bytes` while it was being forwarded."""
+
+
+async def _body(receive, limit: int, first: dict | None = None):
+    """The request body from the ASGI `receive` (after `first`, a message already received), at most `limit` bytes."""
+    seen = 0
     while True:
-        message = await receive()
+        message, first = first or await receive(), None
         if message["type"] == "http.disconnect":
             raise ClientDisconnected()
         chunk = message.get("body")
         if chunk:
+            seen += len(chunk)
+            if seen > limit:
+                raise BodyTooLarge()
             yield chunk
         if not message.get("more_body"):
             return
@@ -46,10 +65,15 @@ def _connection_tokens(value: bytes) -> frozenset[bytes]:
     return frozenset(t.strip().lower() for t in value.split(b",") if t.strip())
 
 
-def compile_proxy(upstream: Upstream, rewrite: dict, request_edit: HeaderEdit, response_edit: HeaderEdit):
+def compile_proxy(
+    upstream: Upstream, rewrite: dict, request_edit: HeaderEdit, response_edit: HeaderEdit,
+    max_body_bytes: int = 10 * 1024 * 1024,
+):  # fmt: skip
+    """`max_body_bytes`: a body longer than this is cut off (a longer Content-Length never gets here: see Table)."""
     strip = rewrite.get("strip_prefix", "").encode()
     add = rewrite.get("add_prefix", "").encode()
-    drop_up = HOP_BY_HOP | _OWN | request_edit.drop
+    drop_up = HOP_BY_HOP | _OWN | trace.HEADERS | request_edit.drop
+    upstream_name = upstream.config.name
     extra_up = request_edit.extra
     # Date and Server are the engine's to set, once (RFC 9110 6.6.1)
     drop_down = {n.decode() for n in HOP_BY_HOP | response_edit.drop} | {"date", "server"}
@@ -65,8 +89,8 @@ def compile_proxy(upstream: Upstream, rewrite: dict, request_edit: HeaderEdit, r
             path = path[len(strip) :] or b"/"
         qs = scope["query_string"]
         headers = []
-        forwarded_for = host = connection = None
-        has_body = False
+        forwarded_for = host = connection = traceparent = tracestate = None
+        has_body = None  # unknown until Content-Length or Transfer-Encoding says
         for name, value in scope["headers"]:
             if name in drop_up:
                 if name == b"x-forwarded-for":
@@ -77,10 +101,22 @@ def compile_proxy(upstream: Upstream, rewrite: dict, request_edit: HeaderEdit, r
                     connection = value
                 elif name == b"transfer-encoding":
                     has_body = True
+                elif name == b"traceparent":
+                    traceparent = value
+                elif name == b"tracestate":
+                    tracestate = value if tracestate is None else tracestate + b"," + value
                 continue
             if name == b"content-length":
                 has_body = value != b"0"
             headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        first = None
+        if has_body is None:
+            has_body = False
+            if scope.get("http_version") in _FRAMED:  # a body without Content-Length: the first message tells
+                first = await ex.receive()
+                if first["type"] == "http.disconnect":
+                    return
+                has_body = bool(first.get("body") or first.get("more_body"))
         if connection is not None:
             named = {t.decode("latin-1") for t in _connection_tokens(connection)}
             headers = [h for h in headers if h[0] not in named]
@@ -92,26 +128,44 @@ def compile_proxy(upstream: Upstream, rewrite: dict, request_edit: HeaderEdit, r
             headers.append(("x-forwarded-host", host.decode("latin-1")))
         headers.append(("via", f"{scope.get('http_version', '1.1')} gatewayd"))
         headers.append(("x-request-id", ex.request_id.decode("latin-1")))
+        traceparent, tracestate, ex.trace_id = trace.forward(traceparent, tracestate)
+        headers.append(("traceparent", traceparent))
+        if tracestate:
+            headers.append(("tracestate", tracestate))
+        if in_early_data(scope):
+            headers.append(("early-data", "1"))  # RFC 8470 section 5.1
         for name, value in extra_up:
             headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
         i = balancer.pick()
+        # reported to gatewayd.observe: time to the upstream's response headers, or why there were none
+        ex.upstream, ex.upstream_ns, ex.upstream_error = upstream_name, None, None
         try:
             url = targets[i] + add + path + (b"?" + qs if qs else b"")
             builder = upstream.client.request(scope["method"], url.decode("latin-1")).headers(headers)
             if has_body:
-                builder = builder.body_stream(_body(ex.receive))
+                builder = builder.body_stream(_body(ex.receive, max_body_bytes, first))
             request = builder.build_streamed()
+            sent_at = perf_counter_ns()
             try:
                 async with asyncio.timeout(response_timeout):
                     response = await request.__aenter__()
+                ex.upstream_ns = perf_counter_ns() - sent_at
+            except BodyTooLarge:  # raised through pyreqwest from _body, unwrapped
+                return await ex.error(413, "body_too_large", f"the request body exceeds {max_body_bytes} bytes")
+            except ClientDisconnected:
+                return
             except (TimeoutError, RequestTimeoutError) as exc:
+                ex.upstream_error = "timeout"
                 kind = "connect" if isinstance(exc, ConnectTimeoutError) else "response"
                 log.warning("upstream %s target %s: %s timeout", upstream.config.name, i, kind)
                 return await ex.error(504, "upstream_timeout", f"upstream {upstream.config.name!r} did not answer in time")
             except PyreqwestError as exc:
                 if isinstance(exc.__cause__, ClientDisconnected) or "ClientDisconnected" in str(exc):
                     return
+                if isinstance(exc.__cause__, BodyTooLarge) or "BodyTooLarge" in str(exc):
+                    return await ex.error(413, "body_too_large", f"the request body exceeds {max_body_bytes} bytes")
+                ex.upstream_error = "unavailable"
                 log.warning("upstream %s target %s: %s", upstream.config.name, i, exc)
                 return await ex.error(502, "upstream_unavailable", f"upstream {upstream.config.name!r} could not be reached")
             try:
@@ -124,7 +178,9 @@ def compile_proxy(upstream: Upstream, rewrite: dict, request_edit: HeaderEdit, r
                 await ex.start(response.status, out)
                 reader = response.body_reader
                 send = ex.send
+                ex.sent = 0
                 while (chunk := await reader.read_chunk()) is not None:
+                    ex.sent += len(chunk)
                     await send({"type": "http.response.body", "body": bytes(chunk), "more_body": True})
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
             finally:

@@ -21,6 +21,8 @@ TRANSFER_TIMEOUT_S = 60.0
 
 CONFIG = """
 version: 1
+server:
+  limits: {{max_body_bytes: 64MiB}}  # above the 50 MiB sent up (the default is 10MiB)
 upstreams:
   a:
     targets: ["{a}"]

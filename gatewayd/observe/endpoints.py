@@ -1,0 +1,84 @@
+"""The `/latency` and `/metrics` actions, compiled like `dispatch/actions/health.py`.
+
+Both answer for the whole host, whichever worker gets the request: the worker first folds and
+publishes its own figures, then merges every live worker's from the host store. With
+`observability.endpoints_access: local`, a client not on a loopback address gets the same 404 as
+for a path no route matches.
+"""
+
+from __future__ import annotations
+
+import json
+
+from . import latency, metrics
+from .latency_page import PAGE
+from .observer import LATENCY_PREFIX, METRICS_PREFIX
+
+_NO_STORE = (b"cache-control", b"no-store")
+_JSON = (b"content-type", b"application/json")
+_HTML = (b"content-type", b"text/html; charset=utf-8")
+_PROM = (b"content-type", metrics.CONTENT_TYPE.encode())
+
+
+def is_loopback(client) -> bool:
+    if not client:
+        return False
+    host = client[0]
+    return host.startswith("127.") or host == "::1" or host.startswith("::ffff:127.") or host == "localhost"
+
+
+def _guard(action, local_only: bool):
+    if not local_only:
+        return action
+
+    async def guarded(ex) -> None:
+        if not is_loopback(ex.scope.get("client")):
+            ex.route_name = ""  # recorded like any request no route took
+            scope = ex.scope
+            return await ex.error(404, "not_found", f"no route matches {scope['method']} {scope['path']}")
+        await action(ex)
+
+    return guarded
+
+
+def wants_html(headers) -> bool:
+    for name, value in headers:
+        if name == b"accept":
+            return b"text/html" in value
+    return False
+
+
+def latency_document(observer) -> dict:
+    observer.refresh()
+    docs = observer.workers(LATENCY_PREFIX)
+    merged = latency.merge([d.get("latency") or {} for d in docs])
+    return latency.report(merged, workers=len(docs))
+
+
+def compile_latency(observer, local_only: bool):
+    page = PAGE.encode()
+
+    async def latency_action(ex) -> None:
+        if wants_html(ex.scope["headers"]) and b"format=json" not in ex.scope.get("query_string", b""):
+            return await ex.respond(200, [_HTML, _NO_STORE, (b"content-length", b"%d" % len(page))], page)
+        body = json.dumps(latency_document(observer), separators=(",", ":")).encode()
+        await ex.respond(200, [_JSON, _NO_STORE, (b"content-length", b"%d" % len(body))], body)
+
+    return _guard(latency_action, local_only)
+
+
+def metrics_text(observer) -> bytes:
+    observer.refresh()
+    workers = observer.workers(METRICS_PREFIX)
+    books = {(d.get("worker"), d.get("pid")): d.get("latency") for d in observer.workers(LATENCY_PREFIX)}
+    rows = [{**w, "worker": str(w.get("worker")), "latency": books.get((w.get("worker"), w.get("pid")))} for w in workers]
+    restarts = observer.store.get(metrics.RESTARTS_KEY)
+    return metrics.render(rows, int(restarts or b"0"))
+
+
+def compile_metrics(observer, local_only: bool):
+    async def metrics_action(ex) -> None:
+        body = metrics_text(observer)
+        await ex.respond(200, [_PROM, _NO_STORE, (b"content-length", b"%d" % len(body))], body)
+
+    return _guard(metrics_action, local_only)

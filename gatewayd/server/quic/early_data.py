@@ -1,0 +1,51 @@
+"""Which HTTP/3 requests arrived in 0-RTT early data, told to the app in the ASGI scope.
+
+Neither Hypercorn nor aioquic tells the app. What aioquic does give is its events, in the order it
+processed the packets: until the client's Finished (reported as `HandshakeCompleted`), the only stream
+data a server can receive is 0-RTT. So a request whose HEADERS frame arrived before
+`HandshakeCompleted` was sent in early data, which anyone who captured the client's first flight can
+replay. A request completed after it comes from a client that proved it holds the connection's keys:
+a replayed first flight never gets that far.
+
+`EarlyDataH3` makes the requests of the first kind reach the app with
+`scope["extensions"][EARLY_DATA]` set; the dispatch answers `425 Too Early` to their unsafe methods,
+and the proxy forwards the others with `Early-Data: 1`.
+"""
+
+from __future__ import annotations
+
+from aioquic.quic.events import HandshakeCompleted, QuicEvent
+from hypercorn.protocol.h3 import H3Protocol
+
+from ...dispatch.exchange import EARLY_DATA
+
+
+class EarlyDataH3(H3Protocol):
+    """Hypercorn's HTTP/3 protocol for one connection, marking the requests that came before the handshake.
+
+    Hypercorn gives each new request stream the protocol's `app`; until the handshake completes,
+    that is a wrapper that flags the request's scope as early data.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._after_handshake = self.app
+        self.app = _MarkEarly(self.app)
+
+    async def handle(self, quic_event: QuicEvent) -> None:
+        if isinstance(quic_event, HandshakeCompleted):
+            self.app = self._after_handshake
+        await super().handle(quic_event)
+
+
+class _MarkEarly:
+    """An app in Hypercorn's calling convention (`scope, receive, send, sync_spawn, call_soon`)."""
+
+    __slots__ = ("app",)
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, *rest) -> None:
+        scope["extensions"][EARLY_DATA] = True
+        await self.app(scope, *rest)
