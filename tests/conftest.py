@@ -214,7 +214,9 @@ def _start_gateway(engine: str, config_text: str | None, workdir: Path, name: st
     if config_path is None:
         config_path = workdir / f"{name}.yaml"
         config_path.write_text(with_engine(config_text, engine))
-    log_path = workdir / f"{name}.stderr.log"
+    # logs go to a subfolder: the gateway watches its config's folder (not recursively)
+    log_path = workdir / "logs" / f"{name}.stderr.log"
+    log_path.parent.mkdir(exist_ok=True)
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "gatewayd", "--config", str(config_path), "--listen", f"{HOST}:{port}"],

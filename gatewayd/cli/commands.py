@@ -11,7 +11,9 @@ from ..config.load import load_bytes, read
 from ..config.validate import SCHEMA_PATH
 from ..dispatch.compile import compile_table
 from ..routing import Found, MethodNotAllowed
+from ..observe import Observer
 from ..runtime.status import RuntimeStatus
+from ..store import MemoryStore
 from ..upstream.pool import UpstreamRegistry
 
 
@@ -54,7 +56,8 @@ def check(args) -> int:
 
 def _table(config):
     live, _ = UpstreamRegistry().resolve(config.upstreams)
-    return compile_table(config, live, RuntimeStatus())
+    status = RuntimeStatus()
+    return compile_table(config, live, status, Observer(MemoryStore(), status))
 
 
 def _describe(config, route) -> dict:
@@ -99,6 +102,7 @@ def explain(args) -> int:
             print(config, file=sys.stderr)
         return code
     table = _table(config)
+    o = config.observability
     parts = urlsplit(args.target)
     headers = []
     for h in args.header:
@@ -107,8 +111,10 @@ def explain(args) -> int:
     host = next((v.decode() for n, v in headers if n == b"host"), None)
     method = args.method.upper()
     path = parts.path or "/"
-    if path == config.observability.health_path:
-        out = {"result": "health", "message": f"{path} is the health endpoint"}
+    own = {o.health_path: "health", o.latency_path: "latency", o.metrics_path: "metrics"}
+    own.pop(None, None)
+    if path in table.endpoints:
+        out = {"result": "endpoint", "message": f"{path} is the gateway's {own[path]} endpoint"}
     else:
         result = table.router.match(method, path, host, headers, parts.query.encode())
         if isinstance(result, Found):
@@ -128,7 +134,7 @@ def explain(args) -> int:
     else:
         extra = f" (Allow: {', '.join(out['allow'])})" if "allow" in out else ""
         print(f"{out['result']}: {out['message']}{extra}")
-    return 0 if out["result"] in ("match", "health") else 1
+    return 0 if out["result"] in ("match", "endpoint") else 1
 
 
 def schema(args) -> int:

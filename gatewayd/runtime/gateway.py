@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 
 from ..config.errors import ConfigError
 from ..config.load import load_bytes, read
@@ -29,9 +30,13 @@ RETIRE_GRACE_S = 60.0
 
 
 class Gateway:
-    def __init__(self, path: str, store: HostStore | None = None):
+    def __init__(self, path: str, store: HostStore | None = None, state_dir: str | None = None):
         self.path = path
         self.store = store if store is not None else MemoryStore()  # shared with the host's other workers
+        # the bytes of the last config that loaded, so a worker restarted while the file is broken
+        # comes back on the config its siblings still serve (only when a supervisor gave a folder)
+        self.last_good = os.path.join(state_dir, "last-good-config") if state_dir else None
+        self._rejected_sha: str | None = None
         self.status = RuntimeStatus()
         self.observer = Observer(self.store, self.status)  # latency, metrics, access log
         self.registry = UpstreamRegistry()
@@ -45,41 +50,72 @@ class Gateway:
         return config, compile_table(config, live, self.status, self.observer), live, retired
 
     def start(self) -> Config:
-        """The first load: a bad file raises ConfigError (the caller exits 1)."""
-        config, table, live, _ = self._build(read(self.path))
-        self._swap(config, table, live)
+        """The first load: a bad file raises ConfigError (the caller exits 1), unless a last good
+        config of this host exists: then the gateway starts on it and reports the error in /health."""
+        try:
+            raw = read(self.path)
+            config, table, live, _ = self._build(raw)
+        except ConfigError as exc:
+            if self.last_good is None or not os.path.exists(self.last_good):
+                raise
+            log.error("%s\nstarting on the last config that loaded on this host", exc)
+            raw = read(self.last_good)
+            config, table, live, _ = self._build(raw)
+            self._swap(config, table, live, raw)
+            self.status.failed(str(exc))
+            return config
+        self._swap(config, table, live, raw)
         return config
 
-    async def reload(self, reason: str) -> bool:
-        """Re-read the file; swap in the new config if it is valid and changed. True when swapped."""
+    async def reload(self, reason: str, force: bool = False) -> bool:
+        """Re-read the file; swap in the new config if it is valid and changed. True when swapped.
+
+        A file already rejected is not tried again until its bytes change, unless `force` (SIGHUP:
+        a file it refers to may have been fixed)."""
         async with self._lock:
+            sha = None
             try:
                 raw = read(self.path)
-                if hashlib.sha256(raw).hexdigest() == self.status.config_sha256:
+                sha = hashlib.sha256(raw).hexdigest()
+                if sha == self.status.config_sha256 or (sha == self._rejected_sha and not force):
                     return False
                 config, table, live, retired = await asyncio.to_thread(self._build, raw)
             except ConfigError as exc:
+                self._rejected_sha = sha
                 self.status.failed(str(exc))
                 self.observer.reload_failures += 1
                 log.error("reload (%s) rejected, still serving generation %d:\n%s", reason, self.status.generation, exc)
                 return False
-            self._swap(config, table, live)
+            self._swap(config, table, live, raw)
             log.info("reload (%s): generation %d, config sha256 %s", reason, self.status.generation, config.sha256[:12])
             if retired:
                 asyncio.get_running_loop().call_later(RETIRE_GRACE_S, _close_later, retired)
             return True
 
-    def _swap(self, config: Config, table: Table, live: dict[str, Upstream]) -> None:
+    def _swap(self, config: Config, table: Table, live: dict[str, Upstream], raw: bytes) -> None:
         self.table = table  # the one assignment that switches every new request to the new config
         self.config = config
         self.registry.commit(live)
         self.status.loaded(config.sha256)
+        self._rejected_sha = None
         self.observer.configure(config.observability)
+        if self.last_good is not None:
+            _write_atomically(self.last_good, raw)
 
     async def close(self) -> None:
         await self.observer.close()
         for upstream in self.registry.resolve({})[1]:
             await upstream.close()
+
+
+def _write_atomically(path: str, data: bytes) -> None:
+    tmp = f"{path}.{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("cannot keep a copy of the config in %s: %s", path, exc)
 
 
 def _close_later(upstreams: list[Upstream]) -> None:

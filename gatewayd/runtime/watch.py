@@ -10,10 +10,13 @@ the config's bytes unchanged costs a read and a hash.
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 from pathlib import Path
 
 from watchfiles import awatch
+
+logging.getLogger("watchfiles").setLevel(logging.WARNING)  # its per-change INFO lines are noise here
 
 from .gateway import Gateway
 
@@ -32,4 +35,4 @@ async def watch_file(gateway: Gateway, stop: asyncio.Event) -> None:
 
 def reload_on_sighup(gateway: Gateway) -> None:
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(gateway.reload("SIGHUP")))
+    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(gateway.reload("SIGHUP", force=True)))

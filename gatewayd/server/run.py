@@ -20,7 +20,7 @@ from ..config.load import load_bytes, read
 from ..config.model import Listen, ServerConfig
 from ..runtime.gateway import Gateway
 from ..runtime.watch import reload_on_sighup, watch_file
-from ..store import HostStore, MemoryStore
+from ..store import HostStore, MemoryStore, open_host_store
 from .app import GatewayApp
 from .supervisor import SIGNALS, Supervisor, WorkerRole, allowed_cpus
 
@@ -62,7 +62,7 @@ def _serve_process(path: str, listen: list[str], worker: int, cpu: int | None, s
         _pin(cpu)  # before any thread starts: threads inherit the affinity of the thread creating them
     store = _host_store(state_dir)
     try:
-        gateway = Gateway(path, store=store)
+        gateway = Gateway(path, store=store, state_dir=state_dir)
         gateway.status.worker = worker
         try:
             config = gateway.start()
@@ -134,15 +134,7 @@ async def _serve(gateway: Gateway, listeners, server: ServerConfig) -> None:
 
 def _host_store(state_dir: str | None) -> HostStore:
     """The store shared by the host's workers (in `state_dir`), or a private one when serving alone."""
-    if state_dir is None:
-        return MemoryStore()
-    try:
-        from ..store.host import open_host_store
-    except ModuleNotFoundError as exc:
-        if exc.name != "gatewayd.store.host":
-            raise
-        return MemoryStore()  # no host-wide store in this build: each worker keeps its own
-    return open_host_store(state_dir)
+    return MemoryStore() if state_dir is None else open_host_store(state_dir)
 
 
 def _pin(cpu: int) -> None:

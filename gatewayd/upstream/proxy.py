@@ -75,8 +75,9 @@ def compile_proxy(
     drop_up = HOP_BY_HOP | _OWN | trace.HEADERS | request_edit.drop
     upstream_name = upstream.config.name
     extra_up = request_edit.extra
-    # Date and Server are the engine's to set, once (RFC 9110 6.6.1)
-    drop_down = {n.decode() for n in HOP_BY_HOP | response_edit.drop} | {"date", "server"}
+    # Date and Server are the engine's to set, once (RFC 9110 6.6.1); an upstream's Alt-Svc names
+    # the upstream's own endpoints, which the gateway's clients cannot use
+    drop_down = {n.decode() for n in HOP_BY_HOP | response_edit.drop} | {"date", "server", "alt-svc"}
     extra_down = response_edit.extra
     response_timeout = upstream.config.response_timeout
     balancer = upstream.balancer

@@ -210,10 +210,11 @@ def test_explain_404():
     assert json.loads(out.stdout)["result"] == 404
 
 
-def test_explain_health():
-    out = gatewayd("explain", SAMPLE, "GET", "/health", "--format", "json")
+@pytest.mark.parametrize("path", ["/health", "/latency", "/metrics"])
+def test_explain_own_endpoints(path):
+    out = gatewayd("explain", SAMPLE, "GET", path, "--format", "json")
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout)["result"] == "health"
+    assert json.loads(out.stdout)["result"] == "endpoint"
 
 
 def test_explain_missing_file(tmp_path):

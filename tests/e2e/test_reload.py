@@ -184,6 +184,20 @@ def test_invalid_change_keeps_serving_then_fix_is_picked_up(gatewayd):
     assert served_value(gw) == 2
 
 
+def test_a_rejected_file_is_tried_again_only_when_it_changes_or_on_sighup(gatewayd):
+    """Other files changing in the watched folder do not make a rejected config be re-checked."""
+    gw = gatewayd(value_config(1))
+    gw.write_config(SCHEMA_ERROR_CONFIG)
+    wait_for(lambda: gw.health()["last_reload_error"], "last_reload_error", gw)
+    for i in range(5):
+        (gw.config_path.parent / f"unrelated-{i}.txt").write_text("x")
+        time.sleep(0.2)
+    assert gw.log().count("rejected, still serving") == 1, gw.log()
+    gw.proc.send_signal(signal.SIGHUP)  # a file the config refers to may have been fixed: try again
+    wait_for(lambda: gw.log().count("rejected, still serving") == 2, "the SIGHUP retry", gw)
+    assert served_value(gw) == 1
+
+
 def test_sighup(gatewayd, engine, tmp_path):
     # The config path is a symlink into another folder, and changes swap the symlink: the file
     # watcher (on the real file's folder) does not see them, so only SIGHUP can reload.

@@ -289,6 +289,24 @@ def test_a_killed_worker_is_replaced_while_the_other_serves(gatewayd, engine):
     assert re.search(rf"worker 0 \(pid {victim}\) was killed by SIGKILL \(signal 9\)", gw.log())
 
 
+def test_a_worker_restarted_while_the_file_is_broken_serves_the_last_good_config(gatewayd):
+    """The replacement of a killed worker starts on the host's last good config, and says why in /health."""
+    gw = gatewayd(value_config(1))
+    before = workers_by_index(gw)
+    gw.write_config(value_config(1).replace("methods: [GET]", "methods: [get]"))
+    wait_until(lambda: all(h["last_reload_error"] for h in seen_workers(gw.port).values()), "both to reject it", gw)
+    victim = before[0]["pid"]
+    os.kill(victim, signal.SIGKILL)
+    replaced = wait_until(
+        lambda: (h := seen_workers(gw.port, tries=20)).get(0, {}).get("pid", victim) != victim and h,
+        "worker 0 to be replaced",
+        gw,
+    )
+    assert replaced[0]["config_sha256"] == before[0]["config_sha256"]
+    assert re.match(r"^.+:\d+:\d+: error: ", replaced[0]["last_reload_error"])
+    assert gw.proc.poll() is None
+
+
 # --- graceful stop --------------------------------------------------------------------------------
 
 SHUTDOWN_TIMEOUT_S = 5.0
