@@ -10,8 +10,8 @@ from ..config.errors import ConfigError
 from ..config.load import load_bytes, read
 from ..config.validate import SCHEMA_PATH
 from ..dispatch.compile import compile_table
-from ..routing import Found, MethodNotAllowed
 from ..observe import Observer
+from ..routing import Found, MethodNotAllowed
 from ..runtime.status import RuntimeStatus
 from ..store import MemoryStore
 from ..upstream.pool import UpstreamRegistry

@@ -26,7 +26,7 @@ def substitute(data: object, marks: Marks, environ: Mapping[str, str]) -> tuple[
             whole = m.group(0)
             if whole == "$${":
                 return "${"
-            name, default, bad = m.group(1), m.group(2), m.group(3)
+            name, default = m.group(1), m.group(2)
             if name is None:
                 problems.append(Problem(marks.at(path), f"malformed variable reference {whole!r}: use ${{NAME}} or ${{NAME:-default}}"))
                 return whole

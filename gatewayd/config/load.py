@@ -10,8 +10,8 @@ import os
 from collections.abc import Mapping
 
 from . import model
-from .errors import ConfigError, Location, Problem
 from .env import substitute
+from .errors import ConfigError, Location, Problem
 from .semantic import check
 from .source import parse_yaml
 from .validate import invalid_paths, validate

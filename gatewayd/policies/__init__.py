@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .effects import Effects, HeaderEdit, Reject
 from . import headers
+from .effects import Effects, HeaderEdit, Reject
 
 # kind name in gateway.yaml -> compile(spec) -> Effects
 KINDS: dict[str, Callable[[dict], Effects]] = {

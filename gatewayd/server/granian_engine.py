@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import socket
 from pathlib import Path
 
 from granian.constants import HTTPModes, Interfaces, SSLProtocols
@@ -19,6 +17,7 @@ from granian.net import SocketSpec
 from granian.server.embed import Server
 
 from ..config.model import Limits, Listen, ServerConfig, TLSConfig
+from .sockets import fastopen_wanted, set_fastopen
 
 log = logging.getLogger("gatewayd")
 
@@ -26,7 +25,6 @@ _HTTP = {"auto": HTTPModes.auto, "1": HTTPModes.http1, "2": HTTPModes.http2}
 # the engine's own header limits sit this far above `max_header_bytes`, which the app enforces
 # exactly: room for the request line (HTTP/1.1) or pseudo-headers and HPACK's 32 bytes a field (HTTP/2)
 HEAD_ROOM = 8 * 1024
-FASTOPEN_QUEUE = 256  # pending TCP Fast Open connections a listener accepts before falling back to a plain handshake
 
 
 class _Server(Server):
@@ -43,15 +41,6 @@ class _Server(Server):
         holder = SocketSpec(self.bind_addr, self.bind_port, self.backlog).build()
         set_fastopen(holder.get_fd())
         self._ssp, self._shd, self._sfd = None, holder, holder.get_fd()
-
-
-def set_fastopen(fd: int) -> bool:
-    """Set TCP_FASTOPEN on the listening socket `fd` (not taking it over); False where there is no such option."""
-    if not hasattr(socket, "TCP_FASTOPEN"):
-        return False
-    with socket.socket(fileno=os.dup(fd)) as sock:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_FASTOPEN, FASTOPEN_QUEUE)
-    return True
 
 
 def http_settings(limits: Limits) -> tuple[HTTP1Settings, HTTP2Settings]:
@@ -94,9 +83,7 @@ async def serve(
     if server is None:
         server = app.gateway.config.server
     tls = server.tls
-    fastopen = server.tcp_fastopen and hasattr(socket, "TCP_FASTOPEN")
-    if server.tcp_fastopen and not fastopen:
-        log.warning("server.tcp_fastopen: this system has no TCP Fast Open; listening without it")
+    fastopen = fastopen_wanted(server)
     h1, h2 = http_settings(server.limits)
     binds = [(listen, None) for listen in listeners] + [(listen, tls) for listen in (tls.listen if tls else ())]
     if tls:

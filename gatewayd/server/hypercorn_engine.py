@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import socket
 from ssl import SSLError
 
 import hypercorn.asyncio.run
@@ -20,13 +19,13 @@ from hypercorn.protocol.h2 import H2Protocol
 from hypercorn.protocol.h11 import H11Protocol
 
 from ..config.model import Listen, ServerConfig
+from .sockets import bind, fastopen_wanted
 
 log = logging.getLogger("gatewayd")
 
 # Hypercorn's own header limits sit this far above `max_header_bytes`, which the app enforces
 # exactly: room for the request line (HTTP/1.1) or pseudo-headers and HPACK's 32 bytes a field (HTTP/2)
 HEAD_ROOM = 8 * 1024
-FASTOPEN_QUEUE = 256  # pending TCP Fast Open connections a listener accepts before falling back to a plain handshake
 
 
 class _Config(HypercornConfig):
@@ -143,9 +142,7 @@ async def serve(
     if server is None:
         server = app.gateway.config.server
     tls = server.tls
-    fastopen = server.tcp_fastopen and hasattr(socket, "TCP_FASTOPEN")
-    if server.tcp_fastopen and not fastopen:
-        log.warning("server.tcp_fastopen: this system has no TCP Fast Open; listening without it")
+    fastopen = fastopen_wanted(server)
     if tls:
         log.info("serving HTTPS on %s", ", ".join(f"https://{l}" for l in tls.listen))
     config = _Config()
@@ -154,7 +151,7 @@ async def serve(
     fds: list[int] = []
     try:
         for listen in (*listeners, *(tls.listen if tls else ())):
-            fds.append(_listening_socket(listen, fastopen))
+            fds.append(bind(listen, fastopen=fastopen).detach())  # Hypercorn owns and closes the fd
     except OSError:
         for fd in fds:
             os.close(fd)
@@ -183,23 +180,3 @@ async def serve(
     await hypercorn_serve(_draining(app), config, shutdown_trigger=stop.wait, mode="asgi")
 
 
-def _listening_socket(listen: Listen, fastopen: bool = False) -> int:
-    """A bound TCP socket for `listen` with SO_REUSEPORT, detached: Hypercorn owns and closes the fd.
-    Options as Hypercorn sets them on the sockets it binds itself (it calls listen() later), and
-    TCP_FASTOPEN with `fastopen`."""
-    family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        if fastopen:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_FASTOPEN, FASTOPEN_QUEUE)
-        try:
-            sock.bind((listen.host, listen.port))
-        except OSError as exc:
-            raise OSError(exc.errno, f"cannot listen on {listen}: {exc.strerror}") from None
-    except BaseException:
-        sock.close()
-        raise
-    return sock.detach()

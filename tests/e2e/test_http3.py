@@ -37,12 +37,12 @@ from aioquic.h3.events import DataReceived, HeadersReceived
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted
 from aioquic.tls import CipherSuite, SessionTicket
+from conftest import HOST, ROOT, free_port
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from conftest import HOST, ROOT, free_port
 from gatewayd.server.quic.tickets import TicketStore
 from gatewayd.store import MemoryStore, StoreFull
 

@@ -16,8 +16,8 @@ import time
 
 import httpx
 import pytest
-
 from conftest import HOST
+
 from gatewayd.config.errors import ConfigError
 from gatewayd.config.load import load_bytes
 from gatewayd.config.model import Limits, Listen
@@ -402,21 +402,19 @@ def test_listening_socket_has_tcp_fastopen(gw):
 
 
 @pytest.mark.skipif(not hasattr(socket, "TCP_FASTOPEN"), reason="TCP Fast Open is a Linux feature")
-def test_engines_set_tcp_fastopen_on_the_sockets_they_build():
+def test_sockets_get_tcp_fastopen_when_asked():
     from granian.net import SocketSpec
 
-    from gatewayd.server import granian_engine, hypercorn_engine
+    from gatewayd.server import sockets
 
-    fd = hypercorn_engine._listening_socket(Listen(HOST, 0), fastopen=True)
-    with socket.socket(fileno=fd) as sock:
-        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_FASTOPEN) == hypercorn_engine.FASTOPEN_QUEUE
-    fd = hypercorn_engine._listening_socket(Listen(HOST, 0))
-    with socket.socket(fileno=fd) as sock:
+    with sockets.bind(Listen(HOST, 0), fastopen=True) as sock:
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_FASTOPEN) == sockets.FASTOPEN_QUEUE
+    with sockets.bind(Listen(HOST, 0)) as sock:
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_FASTOPEN) == 0
-    holder = SocketSpec(HOST, 0, 128).build()
-    assert granian_engine.set_fastopen(holder.get_fd())
+    holder = SocketSpec(HOST, 0, 128).build()  # how the Granian engine builds its listener
+    sockets.set_fastopen(holder.get_fd())
     with socket.socket(fileno=os.dup(holder.get_fd())) as sock:
-        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_FASTOPEN) == granian_engine.FASTOPEN_QUEUE
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_FASTOPEN) == sockets.FASTOPEN_QUEUE
 
 
 # --- the config ---------------------------------------------------------------------------------

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from conftest import HOST, ROOT, free_port, with_engine, write_atomically
 
 WAIT_S = 5.0

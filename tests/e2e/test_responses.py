@@ -9,7 +9,6 @@ import subprocess
 
 import httpx
 import pytest
-
 from conftest import free_port
 
 CONFIG = """

@@ -20,12 +20,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import HOST, free_port
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
-
-from conftest import HOST, free_port
 
 CURL = shutil.which("curl")
 H2LOAD = shutil.which("h2load")

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Self
 
 import pytest
-
 from conftest import HOST, ROOT, free_port, with_engine, write_atomically
 
 WAIT_S = 15.0  # for workers to come up, be replaced, or reload (two workers start at once on 2 cores)

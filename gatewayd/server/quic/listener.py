@@ -42,9 +42,10 @@ from hypercorn.asyncio.task_group import TaskGroup
 from hypercorn.asyncio.worker_context import WorkerContext
 from hypercorn.config import Config as HypercornConfig
 
-from ...config.model import Listen, QuicConfig, ServerConfig
+from ...config.model import QuicConfig, ServerConfig
 from ...dispatch import exchange
 from ...store import HostStore
+from ..sockets import bind
 from .early_data import EarlyDataH3
 from .tickets import TicketStore
 
@@ -77,7 +78,9 @@ async def serve(app, store: HostStore, server: ServerConfig, stop: asyncio.Event
     sockets: list[socket.socket] = []
     try:
         for listen in quic.listen:
-            sockets.append(_udp_socket(listen))
+            sock = bind(listen, socket.SOCK_DGRAM)
+            sock.setblocking(False)
+            sockets.append(sock)
     except OSError:
         for sock in sockets:
             sock.close()
@@ -116,26 +119,6 @@ async def serve(app, store: HostStore, server: ServerConfig, stop: asyncio.Event
 
 class _Stopped(Exception):
     pass
-
-
-def _udp_socket(listen: Listen) -> socket.socket:
-    """A bound UDP socket with SO_REUSEPORT, like the TCP listeners: each worker of the host binds its
-    own, and the kernel keeps a client's datagrams (by address and port) on one of them."""
-    family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        if family == socket.AF_INET6:  # or `[::]` would also take the datagrams meant for `0.0.0.0`'s socket
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        try:
-            sock.bind((listen.host, listen.port))
-        except OSError as exc:
-            raise OSError(exc.errno, f"cannot listen on {listen} (UDP): {exc.strerror}") from None
-    except BaseException:
-        sock.close()
-        raise
-    sock.setblocking(False)
-    return sock
 
 
 @dataclass(eq=False, slots=True)
