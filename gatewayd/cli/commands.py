@@ -30,6 +30,14 @@ def _load(path: str):
         return exc, 1
 
 
+def _load_valid(path: str):
+    """(config, 0), or (None, exit code) after printing every problem."""
+    config, code = _load(path)
+    if code == 1:
+        print(config, file=sys.stderr)
+    return (None, code) if code else (config, 0)
+
+
 def check(args) -> int:
     config, code = _load(args.file)
     if code == 2:
@@ -74,10 +82,8 @@ def _describe(config, route) -> dict:
 
 
 def routes(args) -> int:
-    config, code = _load(args.file)
-    if code:
-        if code == 1:
-            print(config, file=sys.stderr)
+    config, code = _load_valid(args.file)
+    if config is None:
         return code
     rows = [_describe(config, r) for r in _table(config).routes]
     if args.format == "json":
@@ -96,10 +102,8 @@ def routes(args) -> int:
 
 
 def explain(args) -> int:
-    config, code = _load(args.file)
-    if code:
-        if code == 1:
-            print(config, file=sys.stderr)
+    config, code = _load_valid(args.file)
+    if config is None:
         return code
     table = _table(config)
     o = config.observability
