@@ -15,7 +15,11 @@ import pytest
 from gatewayd.config.errors import ConfigError
 from gatewayd.config.load import load_bytes
 
-CASES = sorted((Path(__file__).parent / "golden").glob("*.yaml"))
+ROOT = Path(__file__).resolve().parents[1]
+# the golden cases, and the shipped configs: those must load, and examples/rejected.yaml fails as it says
+CASES = sorted((ROOT / "tests" / "golden").glob("*.yaml")) + sorted((ROOT / "examples").glob("*.yaml")) + [
+    ROOT / "configs" / "gateway.yaml"
+]
 ENVIRON = {"GOLDEN_SET_URL": "http://127.0.0.1:9009"}
 MARK = "# expect: "
 
@@ -29,7 +33,7 @@ def _actual(path: Path) -> list[str]:
     return []
 
 
-@pytest.mark.parametrize("path", CASES, ids=[c.stem for c in CASES])
+@pytest.mark.parametrize("path", CASES, ids=[f"{c.parent.name}/{c.stem}" for c in CASES])
 def test_golden(path: Path) -> None:
     text = path.read_text()
     body = "".join(line for line in text.splitlines(keepends=True) if not line.startswith(MARK))

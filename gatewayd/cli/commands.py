@@ -57,6 +57,11 @@ def check(args) -> int:
         if args.format == "text":
             print(f"{args.file}: {len(problems)} error{'s' if len(problems) != 1 else ''}", file=sys.stderr)
         return 1
+    try:
+        _table(config)  # what serving would build: a config that loads must compile
+    except Exception as exc:
+        print(f"{args.file}: the config is valid but could not be compiled: {exc!r}", file=sys.stderr)
+        return 1
     if args.format == "text":
         print(f"{args.file}: ok ({len(config.routes)} routes, {len(config.upstreams)} upstreams, {len(config.policies)} policies)")
     return 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import re
 import ssl
 
@@ -11,11 +10,7 @@ from ..dispatch.specs import route_spec
 from ..routing import PathError, Router, RouteSpec, analyze
 from .errors import Problem
 from .model import Config
-
-
-def _hint(word: str, choices) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+from .validate import did_you_mean
 
 
 def _match_key(route) -> str:
@@ -31,10 +26,10 @@ def check(config: Config) -> list[Problem]:
         for j, name in enumerate(r.policies):
             if name not in config.policies:
                 known = f"; defined: {', '.join(sorted(config.policies))}" if config.policies else "; no policies are defined"
-                problems.append(Problem(at(base + ("policies", j)), f"unknown policy {name!r}{_hint(name, config.policies) or known}"))
+                problems.append(Problem(at(base + ("policies", j)), f"unknown policy {name!r}{did_you_mean(name, config.policies) or known}"))
         if r.action == "upstream" and r.spec not in config.upstreams:
             known = f"; defined: {', '.join(sorted(config.upstreams))}" if config.upstreams else "; no upstreams are defined"
-            problems.append(Problem(at(base + ("upstream",)), f"unknown upstream {r.spec!r}{_hint(r.spec, config.upstreams) or known}"))
+            problems.append(Problem(at(base + ("upstream",)), f"unknown upstream {r.spec!r}{did_you_mean(r.spec, config.upstreams) or known}"))
         if r.action == "redirect":
             params = _params_of(route_spec(r))
             for name in placeholders(r.spec["to"]):
@@ -65,8 +60,9 @@ def check(config: Config) -> list[Problem]:
     for finding in analyze(specs):
         where = at(("routes", finding.index, "match", _match_key(by_index[finding.index])))
         message = finding.message
-        if finding.related is not None:
-            message += f" (see the route at line {at(('routes', finding.related)).line})"
+        if finding.related is not None:  # the router names routes by index; people read lines
+            line = at(("routes", finding.related)).line
+            message = message.replace(f"route {finding.related}", f"the route at line {line}")
         problems.append(Problem(where, message))
     problems += _server_problems(config)
     return problems

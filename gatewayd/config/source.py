@@ -66,7 +66,10 @@ def parse_yaml(text: str, file: str) -> tuple[object, Marks, list[Problem]]:
     if node is None:
         return None, marks, [Problem(Location(file, 1, 1), "the file is empty: expected a mapping with 'version: 1'")]
     problems: list[Problem] = []
-    data = _build(node, (), marks, problems, _Loader(""))
+    try:
+        data = _build(node, (), marks, problems, _Loader(""))
+    except RecursionError:
+        return None, marks, [Problem(Location(file, 1, 1), "the document is nested too deeply")]
     return data, marks, problems
 
 
@@ -95,6 +98,8 @@ def _build(node: yaml.Node, path: Path, marks: Marks, problems: list[Problem], c
         return out
     if isinstance(node, yaml.SequenceNode):
         return [_build(item, path + (i,), marks, problems, constructor) for i, item in enumerate(node.value)]
+    if node.tag == "tag:yaml.org,2002:timestamp":  # a date is text to the schema, not a datetime
+        return node.value
     try:
         return constructor.construct_object(node, deep=True)
     except yaml.YAMLError as exc:

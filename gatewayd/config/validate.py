@@ -45,13 +45,18 @@ def invalid_paths(data: object) -> list[Path]:
     return [tuple(e.absolute_path) for e in _validator().iter_errors(data)]
 
 
-def _did_you_mean(word: str, choices) -> str:
+def did_you_mean(word: str, choices) -> str:
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def _secret(path: Path, secret_paths: set[Path]) -> bool:
+    """Whether the value at `path` holds a substituted value, or is held in one."""
+    return any(path[: len(p)] == p or p[: len(path)] == path for p in secret_paths)
+
+
 def _show(value: object, path: Path, secret_paths: set[Path]) -> str:
-    if any(path[: len(p)] == p for p in secret_paths):
+    if _secret(path, secret_paths):
         return "the substituted value"
     text = json.dumps(value, default=str)
     return text if len(text) <= 60 else text[:57] + "..."
@@ -71,7 +76,7 @@ def _explain(error: ValidationError, marks: Marks, secret_paths: set[Path]) -> l
         out = []
         for key in error.instance:
             if key not in allowed:
-                hint = _did_you_mean(key, allowed) or (f"; allowed: {', '.join(sorted(allowed))}" if allowed else "")
+                hint = did_you_mean(key, allowed) or (f"; allowed: {', '.join(sorted(allowed))}" if allowed else "")
                 out.append(Problem(marks.at(path + (key,), key=True), f"unknown key {key!r} in {_where(error)}{hint}"))
         return out
     if kind == "required":
@@ -94,7 +99,7 @@ def _explain(error: ValidationError, marks: Marks, secret_paths: set[Path]) -> l
     if kind == "enum":
         shown = _show(error.instance, path, secret_paths)
         allowed = ", ".join(json.dumps(v) for v in error.validator_value)
-        hint = _did_you_mean(str(error.instance), [str(v) for v in error.validator_value]) if isinstance(error.instance, str) else ""
+        hint = did_you_mean(str(error.instance), [str(v) for v in error.validator_value]) if isinstance(error.instance, str) else ""
         return [Problem(marks.at(path), f"{_where(error)}: {shown} is not one of {allowed}{hint}")]
     if kind == "pattern":
         what = error.schema.get("description", "").split(".")[0] or f"a string matching {error.validator_value}"
@@ -118,6 +123,6 @@ def _explain(error: ValidationError, marks: Marks, secret_paths: set[Path]) -> l
     if kind in ("not", "dependentRequired", "if", "then"):
         return [Problem(marks.at(path, key=True), f"{_where(error)}: {error.schema.get('description') or error.message}")]
     message = error.message
-    if any(path[: len(p)] == p for p in secret_paths):
+    if _secret(path, secret_paths):
         message = f"the substituted value fails the '{kind}' rule"
     return [Problem(marks.at(path), f"{_where(error)}: {message}")]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..config.model import Config, RouteConfig
+from ..config.model import RouteConfig
 from ..routing import RouteSpec
 
 
@@ -29,7 +29,3 @@ def route_spec(route: RouteConfig, target: object = None) -> RouteSpec:
         query=tuple(m.get("query", {}).items()),
         target=target,
     )
-
-
-def route_specs(config: Config) -> list[RouteSpec]:
-    return [route_spec(r) for r in config.routes]

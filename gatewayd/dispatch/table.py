@@ -58,11 +58,13 @@ class Table:
         try:
             if size > self.max_header_bytes:
                 return await ex.error(431, "headers_too_large", f"the request's headers exceed {self.max_header_bytes} bytes")
-            if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
+            if length is not None and length.isdigit() and (len(length) > 18 or int(length) > self.max_body_bytes):
                 return await ex.error(413, "body_too_large", f"the request body exceeds {self.max_body_bytes} bytes")
             if EARLY_DATA in (scope.get("extensions") or ()) and scope["method"] not in SAFE_METHODS:
                 return await ex.error(425, "too_early", "send this request again once the TLS handshake is complete")
             path = scope["path"]
+            if "/." in path and _has_dot_segment(path):
+                return await ex.error(400, "bad_path", "the path has . or .. segments")
             endpoint = self.endpoints.get(path)
             if endpoint is not None:
                 ex.route_name = None  # the gateway's own endpoints are not recorded
@@ -94,3 +96,8 @@ class Table:
         finally:
             if ex.route_name is not None:
                 self.record(ex)
+
+
+def _has_dot_segment(path: str) -> bool:
+    """`/a/../b`, `/a/./b`, `/a/..`: segments an upstream would resolve, after the route was chosen."""
+    return any(segment in (".", "..") for segment in path.split("/"))

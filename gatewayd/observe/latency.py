@@ -8,7 +8,7 @@ it, and lets histograms from several workers be merged by adding counts. `max` i
 
 Per series (each route, all requests, each upstream) a ring of 60 one-second slots feeds running
 sums for the last 10 s and the last 60 s; since-start is a plain sum. A worker folds its requests
-in here once a second (see `observer.py`), off the request path, and publishes `snapshot()` to the
+in here four times a second (see `observer.py`), off the request path, and publishes `snapshot()` to the
 host store; `/latency` merges every live worker's snapshot with `merge` and renders it with `report`.
 """
 

@@ -25,8 +25,8 @@ from .status import RuntimeStatus
 
 log = logging.getLogger("gatewayd")
 
-# retired upstream pools are closed this long after a swap, so requests still using them finish
-RETIRE_GRACE_S = 60.0
+# a retired upstream pool is closed once the requests still using it are done; checked this often
+RETIRE_POLL_S = 1.0
 
 
 class Gateway:
@@ -77,10 +77,15 @@ class Gateway:
             try:
                 raw = read(self.path)
                 sha = hashlib.sha256(raw).hexdigest()
-                if sha == self.status.config_sha256 or (sha == self._rejected_sha and not force):
+                if sha == self.status.config_sha256:  # back to what is served: nothing is wrong any more
+                    self._rejected_sha = self.status.last_reload_error = None
+                    return False
+                if sha == self._rejected_sha and not force:
                     return False
                 config, table, live, retired = await asyncio.to_thread(self._build, raw)
-            except ConfigError as exc:
+            except Exception as exc:  # a ConfigError, or a bug: either way the old config keeps serving
+                if not isinstance(exc, ConfigError):
+                    log.exception("reload (%s) failed", reason)
                 self._rejected_sha = sha
                 self.status.failed(str(exc))
                 self.observer.reload_failures += 1
@@ -88,8 +93,8 @@ class Gateway:
                 return False
             self._swap(config, table, live, raw)
             log.info("reload (%s): generation %d, config sha256 %s", reason, self.status.generation, config.sha256[:12])
-            if retired:
-                asyncio.get_running_loop().call_later(RETIRE_GRACE_S, _close_later, retired)
+            for upstream in retired:
+                asyncio.ensure_future(_close_when_idle(upstream))
             return True
 
     def _swap(self, config: Config, table: Table, live: dict[str, Upstream], raw: bytes) -> None:
@@ -118,6 +123,7 @@ def _write_atomically(path: str, data: bytes) -> None:
         log.warning("cannot keep a copy of the config in %s: %s", path, exc)
 
 
-def _close_later(upstreams: list[Upstream]) -> None:
-    for upstream in upstreams:
-        asyncio.ensure_future(upstream.close())
+async def _close_when_idle(upstream: Upstream) -> None:
+    while upstream.active:
+        await asyncio.sleep(RETIRE_POLL_S)
+    await upstream.close()

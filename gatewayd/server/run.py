@@ -20,7 +20,7 @@ from ..config.load import load_bytes, read
 from ..config.model import Listen, ServerConfig
 from ..runtime.gateway import Gateway
 from ..runtime.watch import reload_on_sighup, watch_file
-from ..store import HostStore, MemoryStore, open_host_store
+from ..store import open_host_store
 from .app import GatewayApp
 from .supervisor import SIGNALS, Supervisor, WorkerRole, allowed_cpus
 
@@ -60,7 +60,7 @@ def serve(path: str, listen: list[str]) -> int:
 def _serve_process(path: str, listen: list[str], worker: int, cpu: int | None, state_dir: str | None) -> int:
     if cpu is not None:
         _pin(cpu)  # before any thread starts: threads inherit the affinity of the thread creating them
-    store = _host_store(state_dir)
+    store = open_host_store(state_dir)  # shared by the host's workers, or private when serving alone
     try:
         gateway = Gateway(path, store=store, state_dir=state_dir)
         gateway.status.worker = worker
@@ -116,7 +116,7 @@ async def _serve(gateway: Gateway, listeners, server: ServerConfig) -> None:
     # the handlers above instead of killing the process; deliver any that are pending now
     signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
     watcher = asyncio.create_task(watch_file(gateway, stop))
-    gateway.observer.start()  # fold, publish and flush the latency, metrics and access log each second
+    gateway.observer.start()  # fold (4/s) and publish (1/s) latency and metrics; flush the access log
     app = GatewayApp(gateway)
     servers = [_engine(server.engine).serve(app, listeners, server.http, stop, server.shutdown_timeout)]
     if server.quic is not None:  # HTTP/3 beside the TCP listeners: same app, same loop
@@ -130,11 +130,6 @@ async def _serve(gateway: Gateway, listeners, server: ServerConfig) -> None:
         await watcher
         await gateway.close()
         log.info("gatewayd stopped")
-
-
-def _host_store(state_dir: str | None) -> HostStore:
-    """The store shared by the host's workers (in `state_dir`), or a private one when serving alone."""
-    return MemoryStore() if state_dir is None else open_host_store(state_dir)
 
 
 def _pin(cpu: int) -> None:

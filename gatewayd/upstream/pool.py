@@ -21,12 +21,13 @@ log = logging.getLogger("gatewayd.upstream")
 
 
 class Upstream:
-    __slots__ = ("config", "targets", "balancer", "_client")
+    __slots__ = ("config", "targets", "balancer", "active", "_client")
 
     def __init__(self, config: UpstreamConfig):
         self.config = config
         self.targets = tuple(t.rstrip("/").encode() for t in config.targets)
         self.balancer = BALANCERS[config.balance](len(self.targets))
+        self.active = 0  # requests in flight, so a retired pool is closed only once they are done
         self._client = None
 
     @property

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from time import perf_counter_ns
+from urllib.parse import quote
 
 from pyreqwest.exceptions import ConnectTimeoutError, PyreqwestError, RequestTimeoutError
 
@@ -61,6 +62,9 @@ async def _body(receive, limit: int, first: dict | None = None):
             return
 
 
+_PATH_SAFE = "/!$&'()*+,;=:@-._~"  # RFC 3986 pchar and "/": kept as they are when a path is re-encoded
+
+
 def _connection_tokens(value: bytes) -> frozenset[bytes]:
     return frozenset(t.strip().lower() for t in value.split(b",") if t.strip())
 
@@ -85,9 +89,11 @@ def compile_proxy(
 
     async def proxy(ex) -> None:
         scope = ex.scope
-        path = scope.get("raw_path") or scope["path"].encode()
-        if strip and path.startswith(strip):
-            path = path[len(strip) :] or b"/"
+        path = scope.get("raw_path") or quote(scope["path"], safe=_PATH_SAFE).encode()
+        if strip and path.startswith(strip) and path[len(strip) : len(strip) + 1] in (b"", b"/"):
+            path = path[len(strip) :]  # only on a segment boundary, as the route's prefix matched
+        if not path.startswith(b"/"):  # what follows the target's host:port must start the path
+            path = b"/" + path
         qs = scope["query_string"]
         headers = []
         forwarded_for = host = connection = traceparent = tracestate = None
@@ -139,6 +145,7 @@ def compile_proxy(
             headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
         i = balancer.pick()
+        upstream.active += 1
         # reported to gatewayd.observe: time to the upstream's response headers, or why there were none
         ex.upstream, ex.upstream_ns, ex.upstream_error = upstream_name, None, None
         try:
@@ -170,10 +177,13 @@ def compile_proxy(
                 log.warning("upstream %s target %s: %s", upstream.config.name, i, exc)
                 return await ex.error(502, "upstream_unavailable", f"upstream {upstream.config.name!r} could not be reached")
             try:
+                drop = drop_down
+                if (connection := response.headers.get("connection")) is not None:  # and the fields it names
+                    drop = drop_down | {t.decode("latin-1") for t in _connection_tokens(connection.encode("latin-1"))}
                 out = [
                     (name.encode("latin-1"), value.encode("latin-1"))
                     for name, value in response.headers.items()
-                    if name not in drop_down
+                    if name not in drop
                 ]
                 out.extend(extra_down)
                 await ex.start(response.status, out)
@@ -188,5 +198,6 @@ def compile_proxy(
                 await request.__aexit__(None, None, None)
         finally:
             balancer.done(i)
+            upstream.active -= 1
 
     return proxy

@@ -237,6 +237,13 @@ def test_content_length_over_the_limit_is_refused_at_once(gw, sink, path):
     assert sink.accepted == before
 
 
+def test_an_absurd_content_length_is_a_4xx_not_a_crash(gw):
+    head = f"POST / HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: {'9' * 5000}\r\n\r\n"
+    reply = raw_http1(gw.port, head.encode())
+    assert reply.startswith(b"HTTP/1.1 4"), reply[:100]
+    assert gw.health()["status"] == "ok"
+
+
 def test_content_length_over_the_limit_is_refused_at_once_over_http2(gw, sink):
     before = sink.accepted
     r = h2_exchange(gw.port, "POST", "/sink/upload", [("content-length", str(10 * MAX_BODY))], [b"x" * 100], end_stream=False)

@@ -3,6 +3,8 @@ removal, path rewrites, header policies, load balancing, bodies, and upstream fa
 
 from __future__ import annotations
 
+import http.client
+import json
 import threading
 import time
 
@@ -158,6 +160,18 @@ def test_rewrite_strip_and_add_prefix(client):
     body = seen(client.get("/rw/items/7", params={"k": "v"}))
     assert body["path"] == "/backend/items/7"
     assert body["query"] == "k=v"
+
+
+def test_an_encoded_path_cannot_move_the_upstream_authority(gw, upstreams):
+    """`/strip%2F@host/x` matches the prefix once decoded, but is not stripped in its encoded form:
+    the upstream URL keeps its own host and gets the path as the client sent it."""
+    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
+    conn.request("GET", "/strip%2F@127.0.0.2:1/x")
+    r = conn.getresponse()
+    body = json.loads(r.read())
+    conn.close()
+    assert r.status == 200
+    assert body["upstream"] == "a" and body["path"] == "/strip/@127.0.0.2:1/x"
 
 
 def test_rewrite_strip_prefix_only(client):

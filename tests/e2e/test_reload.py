@@ -183,6 +183,16 @@ def test_invalid_change_keeps_serving_then_fix_is_picked_up(gatewayd):
     assert served_value(gw) == 2
 
 
+def test_undoing_a_rejected_change_clears_the_error(gatewayd):
+    gw = gatewayd(value_config(1))
+    good = gw.config_path.read_text()
+    gw.write_config(SCHEMA_ERROR_CONFIG)
+    wait_for(lambda: gw.health()["last_reload_error"], "last_reload_error", gw)
+    write_atomically(gw.config_path, good)
+    wait_for(lambda: gw.health()["last_reload_error"] is None, "the error to clear", gw)
+    assert gw.health()["generation"] == 1
+
+
 def test_a_rejected_file_is_tried_again_only_when_it_changes_or_on_sighup(gatewayd):
     """Other files changing in the watched folder do not make a rejected config be re-checked."""
     gw = gatewayd(value_config(1))

@@ -3,6 +3,7 @@ Server-Timing and X-Request-Id headers every response carries, seen by httpx and
 
 from __future__ import annotations
 
+import http.client
 import re
 import shutil
 import subprocess
@@ -293,3 +294,13 @@ def test_curl_h2c_prior_knowledge(gw, curl_features):
     assert body.startswith('{"hello":"world"')
     status, headers, _ = curl("--http2-prior-knowledge", f"{gw.url}/nope")
     assert status.startswith("HTTP/2 404"), status
+
+
+@pytest.mark.parametrize("path", ["/a/../b", "/a/./b", "/a/.."])
+def test_dot_segments_get_400(gw, path):
+    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
+    conn.request("GET", path)
+    r = conn.getresponse()
+    body = r.read()
+    conn.close()
+    assert r.status == 400 and b"bad_path" in body
