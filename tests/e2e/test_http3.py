@@ -618,3 +618,15 @@ def test_tickets_survive_a_full_store_and_odd_labels():
     assert tickets.take(b"x" * 10_000) is None
     store.put(b"tickets/garbage", b"not json")
     assert tickets.take(b"garbage") is None
+
+
+def test_max_concurrent_streams_is_the_http3_stream_limit(gatewayd, tls_files, demo, recorder):
+    h3 = start(gatewayd, tls_files, demo.url, recorder, server_extra="  limits: {max_concurrent_streams: 3}\n")
+
+    async def granted() -> int:
+        config = QuicConfiguration(is_client=True, alpn_protocols=H3_ALPN, server_name="localhost")
+        config.load_verify_locations(h3.ca)
+        async with connect(HOST, h3.port, configuration=config) as client:
+            return client._quic._remote_max_streams_bidi  # what the server's transport parameters allow
+
+    assert run(granted()) == 3

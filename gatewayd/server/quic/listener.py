@@ -89,7 +89,10 @@ async def serve(app, store: HostStore, server: ServerConfig, stop: asyncio.Event
     try:
         async with TaskGroup(loop) as task_group:
             for sock in sockets:
-                endpoint = QuicEndpoint(ASGIWrapper(app), hconfig, context, task_group, quic_config, tickets)
+                endpoint = QuicEndpoint(
+                    ASGIWrapper(app), hconfig, context, task_group, quic_config, tickets,
+                    server.limits.max_concurrent_streams,
+                )  # fmt: skip
                 await loop.create_datagram_endpoint(lambda e=endpoint: e, sock=sock)
                 endpoints.append(endpoint)
                 task_group.spawn(endpoint.run)
@@ -135,7 +138,11 @@ class _Connection:
 class QuicEndpoint(asyncio.DatagramProtocol):
     """One UDP socket and the QUIC connections it carries."""
 
-    def __init__(self, app, hconfig, context, task_group, quic_config: QuicConfiguration, tickets: TicketStore | None):
+    def __init__(
+        self, app, hconfig, context, task_group, quic_config: QuicConfiguration, tickets: TicketStore | None,
+        max_streams: int,
+    ):  # fmt: skip
+        self.max_streams = max_streams  # concurrent request streams a client may open (server.limits)
         self.app = app
         self.hconfig = hconfig
         self.context = context
@@ -203,6 +210,9 @@ class QuicEndpoint(asyncio.DatagramProtocol):
             session_ticket_fetcher=self.tickets.take if self.tickets else None,
             session_ticket_handler=self.tickets.add if self.tickets else None,
         )
+        # aioquic has no setting for this: it advertises 128 and grants one more stream as each ends,
+        # so the initial grant is the connection's limit on concurrent request streams
+        quic._local_max_streams_bidi.value = quic._local_max_streams_bidi.sent = self.max_streams
         conn = _Connection(quic, {original_cid, quic.host_cid})
         for cid in conn.cids:
             self.connections[cid] = conn
