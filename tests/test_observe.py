@@ -330,18 +330,18 @@ def test_traceparent_parsing(value, ok):
 
 
 def test_forward_keeps_a_valid_trace_with_a_new_parent():
-    tp, state, trace_id = trace.forward(VALID, b"vendor=abc")
+    tp, state, trace_id, span_id = trace.forward(VALID, b"vendor=abc")
     version, tid, parent, flags = tp.split("-")
     assert (version, tid, flags) == ("00", "0af7651916cd43dd8448eb211c80319c", "01")
     assert parent != "b7ad6b7169203331" and trace.parse(tp.encode())
-    assert state == "vendor=abc" and trace_id == tid
+    assert state == "vendor=abc" and trace_id == tid and span_id == parent
 
 
 @pytest.mark.parametrize("incoming", [None, b"00-zz-bad"])
 def test_forward_starts_a_trace_when_absent_or_invalid(incoming):
-    tp, state, trace_id = trace.forward(incoming, b"vendor=abc")
+    tp, state, trace_id, span_id = trace.forward(incoming, b"vendor=abc")
     parsed = trace.parse(tp.encode())
-    assert parsed is not None and parsed[0] == trace_id and parsed[2] == "01"
+    assert parsed is not None and parsed[0] == trace_id and parsed[1] == span_id and parsed[2] == "01"
     assert state is None  # a tracestate without a valid traceparent is dropped
     assert trace.forward(incoming, None)[2] != trace_id
 

@@ -72,6 +72,13 @@ class ServerConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class OtelConfig:
+    endpoint: str = "http://127.0.0.1:4318/v1/traces"  # an OTLP/HTTP traces endpoint
+    service_name: str = "gatewayd"
+    sample: float = 1.0  # fraction of traces exported
+
+
+@dataclass(frozen=True, slots=True)
 class ObservabilityConfig:
     server_timing: bool
     health_path: str | None
@@ -80,6 +87,7 @@ class ObservabilityConfig:
     endpoints_access: str = "public"  # "public" | "local" (loopback clients only), for latency and metrics
     access_log_to: str = "off"  # "off" | "stdout" | "stderr" | a file path (made absolute)
     access_log_sample: float = 1.0
+    otel: OtelConfig | None = None  # OpenTelemetry span export; None when off
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +146,18 @@ def _log_target(access_log: dict | None, file: str) -> str:
     if to in ("off", "stdout", "stderr"):
         return to
     return os.path.abspath(os.path.expanduser(to))
+
+
+def _otel(otel: dict | None) -> OtelConfig | None:
+    """None (export off) without an `otel` section."""
+    if otel is None:
+        return None
+    defaults = OtelConfig()
+    return OtelConfig(
+        endpoint=otel.get("endpoint", defaults.endpoint),
+        service_name=otel.get("service_name", defaults.service_name),
+        sample=float(otel.get("sample", defaults.sample)),
+    )
 
 
 def _relative_to(file: str, path: str) -> str:
@@ -224,6 +244,7 @@ def build(data: dict, file: str, sha256: str, marks: Marks, secret_paths: frozen
             endpoints_access=obs.get("endpoints_access", "public"),
             access_log_to=_log_target(obs.get("access_log"), file),
             access_log_sample=float(obs.get("access_log", {}).get("sample", 1)),
+            otel=_otel(obs.get("otel")),
         ),
         upstreams=upstreams,
         policies=data.get("policies", {}),

@@ -7,6 +7,7 @@ import ssl
 
 from ..dispatch.actions.redirect import placeholders
 from ..dispatch.specs import route_spec
+from ..observe.otel import available as otel_available
 from ..routing import PathError, Router, RouteSpec, analyze
 from .errors import Problem
 from .model import Config
@@ -65,6 +66,8 @@ def check(config: Config) -> list[Problem]:
             message = message.replace(f"route {finding.related}", f"the route at line {line}")
         problems.append(Problem(where, message))
     problems += _server_problems(config)
+    if config.observability.otel is not None and not otel_available():
+        problems.append(Problem(at(("observability", "otel"), key=True), "OpenTelemetry export needs packages that are not installed: pip install 'gatewayd[otel]'"))
     return problems
 
 

@@ -39,7 +39,7 @@ class Exchange:
         "scope", "receive", "send", "t0", "request_id", "params", "timing", "started", "route_name",
         # for gatewayd.observe, set only when known (read with getattr): the response status and its start
         # time (perf_counter_ns), body bytes sent, the end time, and what the proxy reports
-        "status", "t_start", "sent", "t_end", "upstream", "upstream_ns", "upstream_error", "trace_id",
+        "status", "t_start", "sent", "t_end", "upstream", "upstream_ns", "upstream_error", "trace_id", "span_id",
     )  # fmt: skip
 
     def __init__(self, scope, receive, send, t0: int, request_id: bytes, timing: bool):

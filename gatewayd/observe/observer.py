@@ -8,9 +8,10 @@ request also pays for its trace context and upstream timing in the proxy (`trace
 1 us on the same machine). Everything else happens in `run`, off the request path:
 four times a second (and at shutdown) the recorded exchanges are folded into the latency sketches
 (`latency.py`) and the counters (`metrics.py`) and sampled into access-log lines
-(`access_log.py`); once a second this worker's figures are published to the host store under
-`latency/<pid>` and `metrics/worker/<pid>` with a TTL of a few seconds, so a worker that dies drops
-out of `/latency` and `/metrics` soon after.
+(`access_log.py`) and, when `observability.otel` is set, made into OpenTelemetry spans (`otel.py`,
+sent by the SDK's batch processor from its own thread); once a second this worker's figures are
+published to the host store under `latency/<pid>` and `metrics/worker/<pid>` with a TTL of a few
+seconds, so a worker that dies drops out of `/latency` and `/metrics` soon after.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import time
 import zlib
 from time import perf_counter_ns
 
-from . import latency, metrics, trace
+from . import latency, metrics, otel, trace
 from .access_log import AccessLog, iso_time, line, query_keys
 
 log = logging.getLogger("gatewayd.observe")
@@ -60,6 +61,7 @@ class Observer:
         own = (metrics.REQUESTS, metrics.UPSTREAM_ERRORS)  # the same counters in another registry (tests)
         self._requests, self._upstream_errors = (registry.counter(c.name, c.help, c.labelnames) for c in own)
         self.access_log = AccessLog()
+        self.otel: otel.Export | None = None
         self.started_at = time.time()
         self.book = latency.Book(int(self.started_at))
         self.reload_failures = 0
@@ -83,6 +85,11 @@ class Observer:
             self.fold()  # lines recorded so far go where they were meant to
             self.access_log.close()
             self.access_log = AccessLog(to, sample)
+        wanted = getattr(observability, "otel", None)
+        if wanted != (self.otel.config if self.otel is not None else None):
+            self.fold()  # spans recorded so far go where they were meant to
+            otel.stop(self.otel)
+            self.otel = otel.start(wanted) if wanted is not None else None
 
     # --- off the request path -------------------------------------------------------------------
 
@@ -100,6 +107,7 @@ class Observer:
         sample = access.sample
         wall_offset = time.time_ns() - perf_counter_ns()
         worker = self.status.worker if hasattr(self.status, "worker") else 0
+        export = self.otel
         for ex in batch:
             route = ex.route_name or UNMATCHED
             status = getattr(ex, "status", 0) or 499  # 499: the client left before the response started
@@ -118,16 +126,27 @@ class Observer:
                 elif ex.upstream_ns is not None:
                     upstream_ms = ex.upstream_ns / 1e6
                     upstreams.append((upstream, upstream_ms))
+            trace_id = None
+            if export is not None:
+                trace_id = getattr(ex, "trace_id", None)
+                span_id = getattr(ex, "span_id", None)
+                parent = trace.parent_of(ex.scope["headers"])
+                trace_id = trace_id or (parent[0] if parent else trace.new_trace_id())
+                if export.keep(trace_id):
+                    try:
+                        export.spans(ex, None if route == UNMATCHED else route, status, trace_id, span_id, parent, wall_offset, worker)
+                    except Exception:
+                        log.exception("could not make the spans of request %s", ex.request_id.decode("latin-1"))
             if logging_on and (sample >= 1 or random.random() < sample):
-                lines.append(self._line(ex, route, status, server_ms, total_ms, upstream, upstream_ms, wall_offset, worker))
+                lines.append(self._line(ex, route, status, server_ms, total_ms, upstream, upstream_ms, wall_offset, worker, trace_id))
         self.book.fold(int(now), requests, upstreams)
         if lines:
             access.write(lines)
 
     @staticmethod
-    def _line(ex, route, status, server_ms, total_ms, upstream, upstream_ms, wall_offset, worker) -> bytes:
+    def _line(ex, route, status, server_ms, total_ms, upstream, upstream_ms, wall_offset, worker, trace_id=None) -> bytes:
         scope = ex.scope
-        trace_id = getattr(ex, "trace_id", None) or trace.trace_id_of(scope["headers"]) or trace.new_trace_id()
+        trace_id = trace_id or getattr(ex, "trace_id", None) or trace.trace_id_of(scope["headers"]) or trace.new_trace_id()
         return line(
             {
                 "time": iso_time((ex.t0 + wall_offset) / 1e9),
@@ -197,6 +216,8 @@ class Observer:
         task = getattr(self, "_task", None)
         if task is None:
             self.access_log.close()
+            otel.stop(self.otel, background=False)
+            self.otel = None
             return
         self._stop.set()
         await task
@@ -227,6 +248,8 @@ class Observer:
             finally:
                 self.withdraw()
                 self.access_log.close()
+                otel.stop(self.otel, background=False)  # sends the spans still queued
+                self.otel = None
 
     # --- reading the host's figures --------------------------------------------------------------
 

@@ -7,8 +7,8 @@ upstream's span. A new trace is marked sampled (flags 01), so upstreams that sam
 still record it. Ids come from `random.getrandbits`, not a cryptographic source: they need to be
 unique, not secret, and this is on the request path.
 
-Exporting the gateway's own spans to OpenTelemetry is not built yet; the span id made here for the
-forwarded `traceparent` is the one such a span would carry.
+The span id made here for the forwarded `traceparent` is the one the gateway's own span carries when
+spans are exported to OpenTelemetry (`otel.py`); the proxy keeps it on the exchange.
 """
 
 from __future__ import annotations
@@ -45,18 +45,19 @@ def new_span_id() -> str:
     return "%016x" % (getrandbits(64) or 1)
 
 
-def forward(traceparent: bytes | None, tracestate: bytes | None) -> tuple[str, str | None, str]:
-    """What to send upstream: (traceparent, tracestate or None, trace id)."""
+def forward(traceparent: bytes | None, tracestate: bytes | None) -> tuple[str, str | None, str, str]:
+    """What to send upstream: (traceparent, tracestate or None, trace id, the gateway's span id)."""
     parsed = parse(traceparent) if traceparent is not None else None
     if parsed is None:
         ids = "%048x" % getrandbits(192)  # a trace id and a span id from one call
         trace_id, span_id = ids[:32], ids[32:]
         if trace_id == _ZERO_TRACE_STR or span_id == _ZERO_SPAN_STR:
             trace_id, span_id = new_trace_id(), new_span_id()
-        return f"00-{trace_id}-{span_id}-01", None, trace_id
+        return f"00-{trace_id}-{span_id}-01", None, trace_id, span_id
     trace_id, _, flags = parsed
     state = tracestate.decode("latin-1") if tracestate else None
-    return f"00-{trace_id}-{new_span_id()}-{flags}", state, trace_id
+    span_id = new_span_id()
+    return f"00-{trace_id}-{span_id}-{flags}", state, trace_id, span_id
 
 
 def trace_id_of(headers) -> str | None:
@@ -66,6 +67,15 @@ def trace_id_of(headers) -> str | None:
             parsed = parse(value)
             return parsed[0] if parsed else None
     return None
+
+
+def parent_of(headers) -> tuple[str, str, str] | None:
+    """(trace id, parent id, flags) of a request's valid `traceparent` (the last one, as the proxy takes), if any."""
+    found = None
+    for name, value in headers:
+        if name == b"traceparent":
+            found = value
+    return parse(found) if found is not None else None
 
 
 HEADERS = frozenset({b"traceparent", b"tracestate"})  # the proxy replaces the client's with `forward`'s

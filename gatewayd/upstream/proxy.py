@@ -135,7 +135,7 @@ def compile_proxy(
             headers.append(("x-forwarded-host", host.decode("latin-1")))
         headers.append(("via", f"{scope.get('http_version', '1.1')} gatewayd"))
         headers.append(("x-request-id", ex.request_id.decode("latin-1")))
-        traceparent, tracestate, ex.trace_id = trace.forward(traceparent, tracestate)
+        traceparent, tracestate, ex.trace_id, ex.span_id = trace.forward(traceparent, tracestate)
         headers.append(("traceparent", traceparent))
         if tracestate:
             headers.append(("tracestate", tracestate))
