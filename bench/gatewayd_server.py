@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import http.client
+import json
 import shutil
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 from procs import Proc, StartupError, wait_http_ok
@@ -41,10 +44,18 @@ def interpreter(command: str) -> str:
     return sys.executable
 
 
-def render(scenario_yaml: str, port: int, workers: int) -> str:
-    head = ["version: 1", "server:", f'  listen: ["127.0.0.1:{port}"]']
-    if workers != 1:
-        head.append(f"  workers: {workers}")
+def render(scenario_yaml: str, port: int, workers: int, tls_port: int | None = None,
+           cert: Path | None = None, key: Path | None = None, quic: bool = False) -> str:
+    """The config: ``server`` (always with an explicit ``workers``, since its default, ``auto``,
+    is one per core), then the scenario's YAML. ``tls_port`` adds an HTTPS listener (HTTP/2 or
+    HTTP/1.1 by ALPN) and ``quic`` HTTP/3 on the same port number over UDP."""
+    head = ["version: 1", "server:", f'  listen: ["127.0.0.1:{port}"]', f"  workers: {workers}"]
+    if tls_port is not None:
+        head.append(f'  tls: {{listen: ["127.0.0.1:{tls_port}"], cert: "{cert}", key: "{key}"}}')
+    if quic:
+        if tls_port is None:
+            raise ValueError("HTTP/3 needs the TLS listener's certificate")
+        head.append("  quic: {}")
     return "\n".join(head) + "\n" + textwrap.dedent(scenario_yaml).strip("\n") + "\n"
 
 
@@ -57,14 +68,47 @@ def start(command: str, config_text: str, port: int, workers: int, directory: Pa
                 directory / "gatewayd.log")
     try:
         wait_http_ok(proc, port, READY_PATH)
+        if workers > 1:
+            wait_all_workers(proc, port, workers)
     except StartupError as exc:
         proc.stop()
         hint = ""
         if workers != 1:
-            hint = (f"\n(--gatewayd-workers {workers} writes `server: {{workers: {workers}}}` into the config; "
-                    "this gatewayd may not support more than one worker yet — try --gatewayd-workers 1)")
+            hint = (f"\n(--workers {workers} writes `server: {{workers: {workers}}}` into the config; "
+                    "this gatewayd may not support more than one worker — try --workers 1)")
         raise StartupError(f"{exc}{hint}\n--- config ---\n{config_text}") from None
     except BaseException:
         proc.stop()
         raise
     return proc
+
+
+def wait_all_workers(proc: Proc, port: int, workers: int, timeout: float = 30.0) -> None:
+    """Wait until every worker has answered ``/health`` (its ``worker`` field), each time on a new
+    connection, which the kernel hands to one of the workers' listening sockets. One worker answering
+    is not enough: a connection that lands on a worker still starting waits in its socket's backlog,
+    which skews the first measurements (and can leave a load generator's clients connecting after its
+    run has ended)."""
+    seen: set[int] = set()
+    deadline = time.monotonic() + timeout
+    while len(seen) < workers:
+        if not proc.alive():
+            raise StartupError(f"{proc.name} {proc.exit_description()} during startup:\n{proc.tail()}")
+        if time.monotonic() > deadline:
+            raise StartupError(f"only workers {sorted(seen)} of {workers} answered {READY_PATH} within "
+                               f"{timeout:.0f} s:\n{proc.tail()}")
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        try:
+            conn.request("GET", READY_PATH)
+            resp = conn.getresponse()
+            doc = json.loads(resp.read()) if resp.status == 200 else None
+        except (OSError, http.client.HTTPException, ValueError):
+            doc = None
+        finally:
+            conn.close()
+        if isinstance(doc, dict) and "worker" not in doc:
+            return  # this gatewayd's /health does not say which worker answered: nothing to wait for
+        if isinstance(doc, dict) and isinstance(doc["worker"], int):
+            seen.add(doc["worker"])
+        else:
+            time.sleep(0.05)

@@ -44,15 +44,36 @@ def nginx_binary() -> str:
     return path
 
 
+def listen_directives(plain: int | None = None, tls_h2: int | None = None, h2c: int | None = None,
+                      cert: Path | None = None, key: Path | None = None) -> str:
+    """What a scenario's ``@LISTEN@`` stands for: HTTP/1.1 on ``plain``, HTTP/2 over TLS (ALPN h2,
+    falling back to HTTP/1.1) on ``tls_h2`` with ``cert`` and ``key``, h2c with prior knowledge on ``h2c``."""
+    lines = []
+    if plain:
+        lines.append(f"listen 127.0.0.1:{plain};")
+    if tls_h2:
+        lines.append(f"listen 127.0.0.1:{tls_h2} ssl http2;")
+    if h2c:
+        lines.append(f"listen 127.0.0.1:{h2c} http2;")
+    if tls_h2:
+        if cert is None or key is None:
+            raise ValueError("a TLS listener needs a certificate and key")
+        # TLS 1.2 and 1.3, as gatewayd (nginx before 1.23.4 leaves 1.3 out by default)
+        lines += [f"ssl_certificate {cert};", f"ssl_certificate_key {key};", "ssl_protocols TLSv1.2 TLSv1.3;"]
+    if not lines:
+        raise ValueError("nginx needs at least one listener")
+    return "\n".join(lines)
+
+
 def render(snippet: str, workers: int, directory: Path) -> str:
     indented = "\n".join(("    " + line) if line.strip() else "" for line in snippet.strip("\n").splitlines())
     return MAIN_CONF.format(workers=workers, dir=directory, snippet=indented)
 
 
-def start(name: str, snippet: str, port: int, workers: int, directory: Path) -> Proc:
+def start(name: str, snippet: str, ports: int | list[int], workers: int, directory: Path) -> Proc:
     """Write the config into ``directory``, check it with ``nginx -t`` and start nginx.
 
-    Returns once the server accepts connections on ``port``.
+    Returns once the server accepts connections on every one of ``ports``.
     """
     directory.mkdir(parents=True, exist_ok=True)
     directory.chmod(0o755)  # workers may run as an unprivileged user
@@ -60,12 +81,13 @@ def start(name: str, snippet: str, port: int, workers: int, directory: Path) -> 
     conf.write_text(render(snippet, workers, directory))
     binary = nginx_binary()
     base = [binary, "-p", f"{directory}/", "-c", str(conf), "-e", str(directory / "error.log")]
-    check = subprocess.run(base + ["-t", "-q"], capture_output=True, text=True, timeout=30)
+    check = subprocess.run(base + ["-t", "-q"], capture_output=True, text=True, timeout=30, check=False)
     if check.returncode != 0:
         raise SystemExit(f"generated nginx config for {name} is invalid:\n{check.stderr}\n--- {conf.name} ---\n{conf.read_text()}")
     proc = Proc(name, base, directory / "error.log")  # nginx appends its own log here too
     try:
-        wait_listening(proc, port)
+        for port in [ports] if isinstance(ports, int) else ports:
+            wait_listening(proc, port)
     except BaseException:
         proc.stop()
         raise

@@ -174,3 +174,18 @@ def wait_http_ok(proc: Proc, port: int, path: str, timeout: float = 30.0) -> Non
                 f"{proc.name} not ready (GET {path} -> {last}) within {timeout:.0f} s:\n{proc.tail()}"
             )
         time.sleep(0.1)
+
+
+def free_tcp_udp_port() -> int:
+    """A port number free on 127.0.0.1 for both TCP and UDP (HTTPS and HTTP/3 share it)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            tcp.bind(("127.0.0.1", 0))
+            port = tcp.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                try:
+                    udp.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
+    raise StartupError("no port free for both TCP and UDP on 127.0.0.1")

@@ -1,4 +1,10 @@
-"""Markdown tables and the machine description for benchmark results."""
+"""What a run measured, as Markdown tables, and the machine it ran on.
+
+The run is a list of ``Group``s: one scenario over one protocol family
+(HTTP/1.1, HTTP/2, HTTP/3), its targets (a server speaking that protocol, e.g.
+"gatewayd with 2 workers over HTTP/1.1" or "nginx, h2c") and a ``Point`` per
+target and concurrency holding every round.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +14,34 @@ import statistics
 import subprocess
 from dataclasses import dataclass, field
 
-from wrk import WrkResult
+from loadresult import LoadResult
+
+FAMILIES = {"h1": "HTTP/1.1", "h2": "HTTP/2", "h3": "HTTP/3"}
+
+
+@dataclass
+class Target:
+    key: str  # unique within its group
+    server: str  # gatewayd, nginx or caddy
+    protocol: str  # HTTP/1.1, h2 (TLS), h2c, h3
+    workers: str  # as shown in the tables
+    reference: str | None = None  # key of the target it is compared with (nginx or Caddy)
+    tls: dict[str, str] = field(default_factory=dict)  # negotiated TLS version and cipher, when known
+
+    @property
+    def name(self) -> str:
+        return f"{self.server} ({self.workers})" if self.workers else self.server
 
 
 @dataclass
 class Point:
-    """All rounds of one server at one concurrency."""
+    """All rounds of one target at one concurrency."""
 
-    server: str
-    concurrency: int
-    rounds: list[WrkResult] = field(default_factory=list)
-    server_timing_ms: float | None = None  # gatewayd only
+    target: str
+    concurrency: int  # connections
+    streams: int  # requests in flight per connection (1 for HTTP/1.1)
+    rounds: list[LoadResult] = field(default_factory=list)
+    server_timings_ms: list[float] = field(default_factory=list)  # gatewayd only, sampled sequentially
 
     def median(self, attr: str) -> float:
         return statistics.median(getattr(r, attr) for r in self.rounds)
@@ -38,59 +61,208 @@ class Point:
     def errors(self) -> int:
         return sum(r.errors for r in self.rounds)
 
+    @property
+    def server_timing_ms(self) -> float | None:
+        return statistics.median(self.server_timings_ms) if self.server_timings_ms else None
 
-COLUMNS = [
-    ("server", "---"),
-    ("concurrency", "--:"),
-    ("req/s", "--:"),
-    ("req/s spread", "--:"),
-    ("p50 ms", "--:"),
-    ("p95 ms", "--:"),
-    ("p99 ms", "--:"),
-    ("errors", "--:"),
-    ("Server-Timing median ms", "--:"),
-    ("gatewayd/nginx req/s", "--:"),
-]
+    @property
+    def client_cores(self) -> float | None:
+        values = [r.client_cores for r in self.rounds if r.client_cores is not None]
+        return statistics.median(values) if values else None
 
 
-def table(points: list[Point]) -> str:
-    """One Markdown table; rows grouped by concurrency, gatewayd first."""
-    lines = ["| " + " | ".join(c for c, _ in COLUMNS) + " |", "|" + "|".join(a for _, a in COLUMNS) + "|"]
-    by_conc: dict[int, dict[str, Point]] = {}
-    for p in points:
-        by_conc.setdefault(p.concurrency, {})[p.server] = p
-    for conc in sorted(by_conc):
-        group = by_conc[conc]
-        nginx_rps = group["nginx"].rps if "nginx" in group and group["nginx"].rounds else None
-        for server in ("gatewayd", "nginx"):
-            p = group.get(server)
-            if p is None or not p.rounds:
-                continue
-            ratio = "-"
-            if server == "gatewayd" and nginx_rps:
-                ratio = f"{p.rps / nginx_rps:.2f}"
-            st = "-"
-            if server == "gatewayd":
-                st = f"{p.server_timing_ms:.3f}" if p.server_timing_ms is not None else "n/a"
-            cells = [
-                server,
-                str(conc),
-                f"{p.rps:.0f}",
-                f"{p.spread * 100:.0f}%",
-                f"{p.median('p50_ms'):.3f}",
-                f"{p.median('p95_ms'):.3f}",
-                f"{p.median('p99_ms'):.3f}",
-                str(p.errors),
-                st,
-                ratio,
-            ]
-            lines.append("| " + " | ".join(cells) + " |")
+@dataclass
+class Group:
+    scenario: str
+    family: str  # h1, h2, h3
+    targets: list[Target] = field(default_factory=list)
+    points: dict[tuple[str, int], Point] = field(default_factory=dict)
+    zero_rtt: dict[str, dict] = field(default_factory=dict)  # target key -> zerortt.py's result
+    failure: str | None = None
+
+    @property
+    def title(self) -> str:
+        return f"{self.scenario}, {FAMILIES[self.family]}"
+
+    def target(self, key: str) -> Target:
+        return next(t for t in self.targets if t.key == key)
+
+    def concurrencies(self) -> list[int]:
+        return sorted({c for _, c in self.points})
+
+    def point(self, key: str, conc: int) -> Point | None:
+        p = self.points.get((key, conc))
+        return p if p is not None and p.rounds else None
+
+    # ---- per-target summaries over all concurrencies
+
+    def max_sustained(self, key: str) -> tuple[float, int] | None:
+        """Highest median req/s among the concurrencies measured with no error in any round, and where."""
+        best = None
+        for c in self.concurrencies():
+            p = self.point(key, c)
+            if p is not None and p.errors == 0 and (best is None or p.rps > best[0]):
+                best = (p.rps, c)
+        return best
+
+    def totals(self, key: str) -> tuple[int, int, int]:
+        """(responses, errors, attempts) over every measured round of every concurrency."""
+        rounds = [r for c in self.concurrencies() if (p := self.point(key, c)) for r in p.rounds]
+        return sum(r.requests for r in rounds), sum(r.errors for r in rounds), sum(r.attempts for r in rounds)
+
+    def server_timing(self, key: str) -> float | None:
+        values = [v for c in self.concurrencies() if (p := self.point(key, c)) for v in p.server_timings_ms]
+        return statistics.median(values) if values else None
+
+
+# ---------------------------------------------------------------- formatting
+
+def ms(v: float | None) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.3f}" if v < 10 else f"{v:.1f}" if v < 1000 else f"{v:.0f}"
+
+
+def md_table(header: list[str], rows: list[list[str]], align: str | None = None) -> str:
+    align = align or ("-" + "r" * (len(header) - 1))
+    sep = ["---" if a == "-" else "--:" for a in align]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(sep) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
 
 
+def pick_concurrencies(concs: list[int]) -> tuple[int, int, int]:
+    """(single, middle, high): the lowest, 50 if measured (else the median one), the highest."""
+    concs = sorted(concs)
+    mid = 50 if 50 in concs else concs[len(concs) // 2]
+    return concs[0], mid, concs[-1]
+
+
+def error_rate(errors: int, attempts: int) -> str:
+    if attempts == 0:
+        return "-"
+    if errors == 0:
+        return "0%"
+    rate = 100 * errors / attempts
+    return f"{rate:.2f}%" if rate >= 0.01 else "<0.01%"
+
+
+def summary_table(groups: list[Group]) -> str:
+    """One row per target of the scenario's groups (which share the concurrency list)."""
+    concs = sorted({c for g in groups for c in g.concurrencies()})
+    if not concs:
+        return "Nothing measured."
+    lo, mid, hi = pick_concurrencies(concs)
+    header = ["server", "protocol", "workers", "Server-Timing median ms"]
+    cols: list[tuple[int, str]] = []
+    if lo != mid:
+        cols.append((lo, "p50_ms"))
+    cols += [(mid, "p50_ms"), (mid, "p95_ms"), (mid, "p99_ms")]
+    if hi != mid:
+        cols.append((hi, "p50_ms"))
+    header += [f"c={c} {a[:3]} ms" for c, a in cols]
+    header += ["max req/s, 0 errors (at c)", "÷ reference", "requests", "error rate"]
+    rows = []
+    for g in groups:
+        for t in g.targets:
+            st = g.server_timing(t.key)
+            cells = [t.server, t.protocol, t.workers, ms(st) if t.server == "gatewayd" else "-"]
+            for c, attr in cols:
+                p = g.point(t.key, c)
+                cells.append(ms(p.median(attr)) if p else "-")
+            best = g.max_sustained(t.key)
+            cells.append(f"{best[0]:.0f} (c={best[1]})" if best else "none")
+            ratio = "-"
+            if t.reference:
+                ref = g.max_sustained(t.reference)
+                if best and ref and ref[0]:
+                    ratio = f"{best[0] / ref[0]:.2f} × {g.target(t.reference).server}"
+            cells.append(ratio)
+            n, errors, attempts = g.totals(t.key)
+            cells += [f"{n:,}", error_rate(errors, attempts)]
+            rows.append(cells)
+    return md_table(header, rows, "---" + "r" * (len(header) - 3))
+
+
+def details_table(g: Group) -> str:
+    header = ["server", "protocol", "workers", "c", "streams/conn", "req/s", "req/s spread", "p50 ms", "p95 ms",
+              "p99 ms", "errors", "Server-Timing median ms", "client CPU (cores)", "÷ reference req/s"]
+    rows = []
+    for c in g.concurrencies():
+        for t in g.targets:
+            p = g.point(t.key, c)
+            if p is None:
+                continue
+            ratio = "-"
+            if t.reference and (ref := g.point(t.reference, c)) and ref.rps:
+                ratio = f"{p.rps / ref.rps:.2f}"
+            cores = p.client_cores
+            rows.append([
+                t.server, t.protocol, t.workers, str(c), str(p.streams), f"{p.rps:.0f}", f"{p.spread * 100:.0f}%",
+                ms(p.median("p50_ms")), ms(p.median("p95_ms")), ms(p.median("p99_ms")), str(p.errors),
+                ms(p.server_timing_ms) if t.server == "gatewayd" else "-",
+                f"{cores:.2f}" if cores is not None else "-", ratio,
+            ])
+    return md_table(header, rows, "---" + "r" * (len(header) - 3))
+
+
+def workers_table(groups: list[Group]) -> str:
+    """HTTP/1.1: gatewayd's req/s at each worker count next to nginx's, per scenario and concurrency."""
+    h1 = [g for g in groups if g.family == "h1" and g.points]
+    if not h1:
+        return ""
+    gw_keys = [t.key for t in h1[0].targets if t.server == "gatewayd"]
+    names = {t.key: t.workers for t in h1[0].targets}
+    ref_key = next((t.key for t in h1[0].targets if t.server == "nginx"), None)
+    ref_name = f"nginx ({names[ref_key]})" if ref_key else "nginx"
+    header = ["scenario", "c"] + [f"gatewayd {names[k]} req/s" for k in gw_keys] + [f"{ref_name} req/s"]
+    header += [f"{names[k]} ÷ nginx" for k in gw_keys]
+    if len(gw_keys) > 1:
+        header.append(f"{names[gw_keys[-1]]} ÷ {names[gw_keys[0]]}")
+    rows = []
+    for g in h1:
+        for c in g.concurrencies():
+            ref = g.point(ref_key, c) if ref_key else None
+            pts = [g.point(k, c) for k in gw_keys]
+            cells = [g.scenario, str(c)] + [f"{p.rps:.0f}" if p else "-" for p in pts]
+            cells.append(f"{ref.rps:.0f}" if ref else "-")
+            cells += [f"{p.rps / ref.rps:.2f}" if p and ref and ref.rps else "-" for p in pts]
+            if len(gw_keys) > 1:
+                a, b = pts[0], pts[-1]
+                cells.append(f"{b.rps / a.rps:.2f}" if a and b and a.rps else "-")
+            rows.append(cells)
+    return md_table(header, rows, "-" + "r" * (len(header) - 1))
+
+
+def zero_rtt_table(groups: list[Group]) -> str:
+    header = ["scenario", "server", "workers", "added RTT ms", "fresh TTFB median ms", "0-RTT TTFB median ms",
+              "saved ms", "saved, in RTTs", "0-RTT accepted", "samples"]
+    rows = []
+    for g in groups:
+        for key, z in g.zero_rtt.items():
+            t = g.target(key)
+            f, r = z.get("fresh_median_ms"), z.get("resumed_median_ms")
+            saved = f - r if f is not None and r is not None else None
+            rows.append([
+                g.scenario, t.server, t.workers, f"{z['rtt_ms']:.0f}", ms(f), ms(r), ms(saved),
+                f"{saved / z['rtt_ms']:.2f}" if saved is not None and z["rtt_ms"] else "-",
+                f"{z['early_data_accepted']}/{z['samples']}", str(z["samples"]),
+            ])
+    return md_table(header, rows, "--" + "r" * (len(header) - 2)) if rows else ""
+
+
+def routes_table(rows: list[dict]) -> str:
+    header = ["routes", "size", "compile ms", "ns/lookup", "hot ns/lookup", "RSS MB"]
+    out = [[r["scenario"], f"{r['size']:,}", f"{r['compile_ms']:.1f}", f"{r['spread_ns']:.0f}",
+            f"{r['hot_ns']:.0f}", f"{r['rss_mb']:.1f}"] for r in rows]
+    return md_table(header, out, "-" + "r" * 5)
+
+
+# ---------------------------------------------------------------- the machine
+
 def _run(argv: list[str]) -> str:
     try:
-        r = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return ""
     return (r.stdout + r.stderr).strip()
@@ -126,18 +298,32 @@ def wrk_version(binary: str) -> str:
     return first.split(" Copyright")[0].removeprefix("wrk ").strip() or "unknown"
 
 
-def python_versions(python: str) -> tuple[str, str, str]:
-    """(Python, granian, gatewayd) versions as seen by gatewayd's interpreter."""
+def h2load_version(binary: str | None) -> str:
+    if not binary:
+        return "not installed"
+    out = _run([binary, "--version"])  # "h2load nghttp2/1.52.0"
+    return out.split("nghttp2/", 1)[1].split()[0] if "nghttp2/" in out else out or "unknown"
+
+
+PACKAGES = ("granian", "hypercorn", "aioquic", "qh3", "gatewayd")
+
+
+def python_versions(python: str) -> dict[str, str]:
+    """Python and package versions as seen by gatewayd's interpreter."""
     code = (
         "import platform\n"
         "from importlib.metadata import version, PackageNotFoundError\n"
         "def v(n):\n"
         "    try: return version(n)\n"
-        "    except PackageNotFoundError: return 'not installed'\n"
-        "print(platform.python_version(), v('granian'), v('gatewayd'))\n"
+        "    except PackageNotFoundError:\n"
+        "        try: return __import__(n).__version__\n"
+        "        except Exception: return 'not installed'\n"
+        f"print(platform.python_version(), *(v(n) for n in {PACKAGES!r}))\n"
     )
     out = _run([python, "-c", code]).split()
-    return (out[0], out[1], out[2]) if len(out) >= 3 else (platform.python_version(), "unknown", "unknown")
+    if len(out) != len(PACKAGES) + 1:
+        return {"python": platform.python_version(), **{p: "unknown" for p in PACKAGES}}
+    return {"python": out[0], **dict(zip(PACKAGES, out[1:]))}
 
 
 def git_revision(repo: str) -> str:
@@ -148,14 +334,17 @@ def git_revision(repo: str) -> str:
     return rev + (", with uncommitted changes" if dirty else "")
 
 
-def machine_description(nginx_bin: str, wrk_bin: str, python: str, repo: str) -> list[str]:
-    py, granian, gw = python_versions(python)
+def machine_description(versions: dict[str, str], python: str, repo: str) -> list[str]:
+    """``versions``: tool name -> version for the external tools (nginx, caddy, wrk, h2load, ...)."""
+    py = python_versions(python)
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    tools = ", ".join(f"{k} {v}" for k, v in versions.items())
     return [
         f"- CPUs available (nproc): {nproc()}",
         f"- CPU model: {cpu_model()}",
         f"- Kernel: {platform.system()} {platform.release()}",
         f"- Load average when the run started: {load}",
-        f"- nginx {nginx_version(nginx_bin)}, wrk {wrk_version(wrk_bin)}, "
-        f"Python {py}, granian {granian}, gatewayd {gw} (git {git_revision(repo)})",
+        f"- {tools}",
+        (f"- Python {py['python']}, granian {py['granian']}, hypercorn {py['hypercorn']}, aioquic {py['aioquic']}, "
+         f"qh3 {py['qh3']}, gatewayd {py['gatewayd']} (git {git_revision(repo)})"),
     ]

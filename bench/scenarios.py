@@ -1,18 +1,24 @@
-"""Benchmark scenarios: the same work declared once for gatewayd and once for nginx.
+"""Benchmark scenarios: the same work declared once for gatewayd, once for nginx and,
+optionally, once for Caddy.
 
 A scenario is one ``Scenario(...)`` entry in ``SCENARIOS``. Placeholders, filled
-in by the harness with free loopback ports:
+in by the harness:
 
-* ``@PORT@``          port of the server under test (nginx snippet only; the
-                      harness writes gatewayd's ``version``/``server`` header)
+* ``@LISTEN@``        in the nginx snippet's ``server {}``: the harness's
+                      ``listen`` directives (HTTP/1.1, HTTP/2 over TLS, h2c,
+                      on free loopback ports) and the run's certificate
 * ``@UPSTREAM_PORT@`` port of the shared upstream nginx (only when the
                       scenario declares ``upstream_nginx``)
 
 ``gatewayd`` is the YAML below the ``server:`` section (``upstreams:``,
-``routes:``...). ``nginx`` is inserted verbatim into ``http {}`` and must
-contain a ``server`` block listening on ``127.0.0.1:@PORT@``.
-``upstream_nginx``, if set, runs in a separate nginx process that both
-gatewayd and nginx proxy to, so the upstream is identical for both.
+``routes:``...); the harness writes ``version`` and ``server`` (listeners,
+TLS, QUIC, workers). ``nginx`` is inserted verbatim into ``http {}`` and must
+contain a ``server`` block with ``@LISTEN@``. ``upstream_nginx``, if set, runs
+in a separate nginx process that both servers proxy to, so the upstream is
+identical for both. ``caddy``, if set, holds Caddyfile directives doing the
+same work inside a site block that the harness writes (HTTPS on one loopback
+port with HTTP/1.1, HTTP/2 and HTTP/3); it adds the scenario's HTTP/3 run,
+gatewayd against Caddy (nginx-light has no HTTP/3).
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ class Scenario:
     method: str = "GET"
     headers: dict[str, str] = field(default_factory=dict)
     upstream_nginx: str | None = None
+    caddy: str | None = None  # Caddyfile directives: enables the HTTP/3 run against Caddy
     # Sanity check made against both servers before any load is sent.
     expect_status: int = 200
     expect_json: Any = None
@@ -59,9 +66,13 @@ routes:
 """,
         nginx="""
 server {
-    listen 127.0.0.1:@PORT@;
+    @LISTEN@
     location = /v1/health { default_type application/json; return 200 '{"ok":true}'; }
 }
+""",
+        caddy="""
+header Content-Type application/json
+respond /v1/health `{"ok":true}` 200
 """,
         expect_json={"ok": True},
     ),
@@ -87,7 +98,7 @@ upstream items {
     keepalive 64;
 }
 server {
-    listen 127.0.0.1:@PORT@;
+    @LISTEN@
     location ~ ^/v1/items/[^/]+$ {
         if ($http_authorization != "Bearer k1") { return 404; }
         proxy_pass http://items;
@@ -114,12 +125,23 @@ def by_name() -> dict[str, Scenario]:
     return {s.name: s for s in SCENARIOS}
 
 
-def fill(template: str, **ports: int) -> str:
-    """Replace ``@NAME@`` placeholders; refuse to leave any unfilled."""
+MARKERS = ("@LISTEN@", "@UPSTREAM_PORT@")
+
+
+def fill(template: str, **values: int | str) -> str:
+    """Replace ``@NAME@`` placeholders (a multi-line value keeps the placeholder's indentation);
+    refuse to leave any unfilled."""
     text = template
-    for key, value in ports.items():
-        text = text.replace(f"@{key.upper()}@", str(value))
-    for marker in ("@PORT@", "@UPSTREAM_PORT@"):
+    for key, value in values.items():
+        marker = f"@{key.upper()}@"
+        lines = []
+        for line in text.splitlines(keepends=True):
+            if marker in line:
+                indent = line[: len(line) - len(line.lstrip())]
+                line = line.replace(marker, str(value).replace("\n", "\n" + indent))
+            lines.append(line)
+        text = "".join(lines)
+    for marker in MARKERS:
         if marker in text:
             raise ValueError(f"placeholder {marker} left unfilled (scenario needs it but it was not provided)")
     return text

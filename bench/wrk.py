@@ -6,35 +6,13 @@ import json
 import shutil
 import signal
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 
+from loadresult import LoadResult, children_cpu_s
 from procs import child_setup
 
 LUA_SCRIPT = Path(__file__).resolve().with_name("wrk_report.lua")
 MARKER = "WRK_RESULT "
-
-
-@dataclass(frozen=True)
-class WrkResult:
-    requests: int
-    duration_s: float
-    status_errors: int  # responses with status >= 400 (wrk's "Non-2xx or 3xx responses")
-    socket_errors: int  # connect + read + write + timeout
-    p50_ms: float
-    p90_ms: float
-    p95_ms: float
-    p99_ms: float
-    max_ms: float
-    mean_ms: float
-
-    @property
-    def rps(self) -> float:
-        return self.requests / self.duration_s if self.duration_s > 0 else 0.0
-
-    @property
-    def errors(self) -> int:
-        return self.status_errors + self.socket_errors
 
 
 def wrk_binary() -> str:
@@ -44,13 +22,13 @@ def wrk_binary() -> str:
     return path
 
 
-def parse(stdout: str) -> WrkResult:
+def parse(stdout: str) -> LoadResult:
     line = next((l for l in stdout.splitlines() if l.startswith(MARKER)), None)
     if line is None:
         raise ValueError(f"no {MARKER.strip()} line in wrk output:\n{stdout}")
     d = json.loads(line[len(MARKER):])
-    ms = lambda key: d[key] / 1000.0  # noqa: E731
-    return WrkResult(
+    ms = lambda key: d[key] / 1000.0
+    return LoadResult(
         requests=d["requests"],
         duration_s=d["duration_us"] / 1e6,
         status_errors=d["status"],
@@ -64,13 +42,13 @@ def parse(stdout: str) -> WrkResult:
     )
 
 
-def command(url: str, connections: int, threads: int, duration_s: int,
+def command(url: str, connections: int, threads: int, duration_s: float,
             headers: dict[str, str], timeout_s: int = 5) -> list[str]:
     argv = [
         wrk_binary(),
         f"-t{max(1, min(threads, connections))}",
         f"-c{connections}",
-        f"-d{duration_s}s",
+        f"-d{duration_s:g}s",
         f"--timeout={timeout_s}s",
         "--latency",
         "-s", str(LUA_SCRIPT),
@@ -81,9 +59,10 @@ def command(url: str, connections: int, threads: int, duration_s: int,
     return argv
 
 
-def run(url: str, connections: int, threads: int, duration_s: int,
-        headers: dict[str, str], timeout_s: int = 5) -> WrkResult:
+def run(url: str, connections: int, threads: int, duration_s: float,
+        headers: dict[str, str], timeout_s: int = 5) -> LoadResult:
     argv = command(url, connections, threads, duration_s, headers, timeout_s)
+    cpu0 = children_cpu_s()
     # Own session: a Ctrl-C reaches the harness only, which then ends wrk here.
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True, preexec_fn=child_setup)
@@ -93,6 +72,7 @@ def run(url: str, connections: int, threads: int, duration_s: int,
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         raise
+    cpu = children_cpu_s() - cpu0
     if proc.returncode != 0:
         raise RuntimeError(f"wrk exited with {proc.returncode}: {err.strip() or out.strip()}")
-    return parse(out)
+    return LoadResult(**{**parse(out).__dict__, "client_cpu_s": cpu})
