@@ -65,6 +65,13 @@ async def _body(receive, limit: int, first: dict | None = None):
 _PATH_SAFE = "/!$&'()*+,;=:@-._~"  # RFC 3986 pchar and "/": kept as they are when a path is re-encoded
 
 
+def _reason(exc: PyreqwestError) -> str:
+    """The innermost cause pyreqwest reports ("Connection refused (os error 111)"), for the log."""
+    details = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], dict) else {}
+    causes = details.get("causes") or []
+    return causes[-1].get("message", str(exc)) if causes else str(exc.args[0] if exc.args else exc)
+
+
 def _connection_tokens(value: bytes) -> frozenset[bytes]:
     return frozenset(t.strip().lower() for t in value.split(b",") if t.strip())
 
@@ -166,7 +173,7 @@ def compile_proxy(
             except (TimeoutError, RequestTimeoutError) as exc:
                 ex.upstream_error = "timeout"
                 kind = "connect" if isinstance(exc, ConnectTimeoutError) else "response"
-                log.warning("upstream %s target %s: %s timeout", upstream.config.name, i, kind)
+                log.warning("upstream %s (%s): %s timeout", upstream_name, targets[i].decode(), kind)
                 return await ex.error(504, "upstream_timeout", f"upstream {upstream.config.name!r} did not answer in time")
             except PyreqwestError as exc:
                 if isinstance(exc.__cause__, ClientDisconnected) or "ClientDisconnected" in str(exc):
@@ -174,7 +181,7 @@ def compile_proxy(
                 if isinstance(exc.__cause__, BodyTooLarge) or "BodyTooLarge" in str(exc):
                     return await ex.error(413, "body_too_large", f"the request body exceeds {max_body_bytes} bytes")
                 ex.upstream_error = "unavailable"
-                log.warning("upstream %s target %s: %s", upstream.config.name, i, exc)
+                log.warning("upstream %s (%s): %s", upstream_name, targets[i].decode(), _reason(exc))
                 return await ex.error(502, "upstream_unavailable", f"upstream {upstream.config.name!r} could not be reached")
             try:
                 drop = drop_down
