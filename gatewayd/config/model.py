@@ -56,6 +56,12 @@ class Limits:
     keep_alive_timeout: float = 75.0
     max_concurrent_streams: int = 100
 
+    @property
+    def engine_header_bytes(self) -> int:
+        """The engines' own header limit: 8 KiB above `max_header_bytes`, which the app enforces exactly,
+        for the request line (HTTP/1.1) or pseudo-headers and HPACK's 32 bytes a field (HTTP/2)."""
+        return self.max_header_bytes + 8 * 1024
+
 
 @dataclass(frozen=True, slots=True)
 class ServerConfig:

@@ -21,8 +21,9 @@ from pathlib import Path
 
 import yaml
 
+from .validate import SCHEMA_PATH
+
 ROOT = Path(__file__).resolve().parents[2]
-SCHEMA_PATH = ROOT / "schemas" / "gateway.schema.json"
 README_PATH = ROOT / "README.md"
 
 START_MARKER = "<!-- config-reference:start -->"

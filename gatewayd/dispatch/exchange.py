@@ -13,7 +13,7 @@ import json
 import os
 from time import perf_counter_ns
 
-_JSON = (b"content-type", b"application/json")
+JSON_TYPE = (b"content-type", b"application/json")
 _RID_PREFIX = os.urandom(5).hex().encode()
 _rid_counter = itertools.count(1)
 
@@ -72,7 +72,11 @@ class Exchange:
         self.sent = len(body)
         await self.send({"type": "http.response.body", "body": body})
 
+    async def not_found(self) -> None:
+        scope = self.scope
+        await self.error(404, "not_found", f"no route matches {scope['method']} {scope['path']}")
+
     async def error(self, status: int, error: str, message: str, headers=()) -> None:
         """A JSON error body `{"error", "message", "request_id"}`; the only shape clients see on failure."""
         body = json.dumps({"error": error, "message": message, "request_id": self.request_id.decode("latin-1")}).encode()
-        await self.respond(status, [_JSON, (b"content-length", b"%d" % len(body)), *headers], body)
+        await self.respond(status, [JSON_TYPE, (b"content-length", b"%d" % len(body)), *headers], body)

@@ -12,7 +12,7 @@ import logging
 from time import monotonic, perf_counter_ns
 
 from ..routing import Found, MethodNotAllowed
-from .exchange import EARLY_DATA, Exchange, new_request_id
+from .exchange import Exchange, in_early_data, new_request_id
 
 log = logging.getLogger("gatewayd.dispatch")
 
@@ -28,7 +28,7 @@ class Table:
 
     def __init__(
         self, router, routes, endpoints, record, server_timing: bool, needs_host: bool,
-        max_header_bytes: int = 16 * 1024, max_body_bytes: int = 10 * 1024 * 1024,
+        max_header_bytes: int, max_body_bytes: int,
     ):  # fmt: skip
         self.router = router
         self.routes = routes  # CompiledRoute per config route, in file order
@@ -60,7 +60,7 @@ class Table:
                 return await ex.error(431, "headers_too_large", f"the request's headers exceed {self.max_header_bytes} bytes")
             if length is not None and length.isdigit() and (len(length) > 18 or int(length) > self.max_body_bytes):
                 return await ex.error(413, "body_too_large", f"the request body exceeds {self.max_body_bytes} bytes")
-            if EARLY_DATA in (scope.get("extensions") or ()) and scope["method"] not in SAFE_METHODS:
+            if in_early_data(scope) and scope["method"] not in SAFE_METHODS:
                 return await ex.error(425, "too_early", "send this request again once the TLS handshake is complete")
             path = scope["path"]
             if "/." in path and _has_dot_segment(path):
@@ -86,7 +86,7 @@ class Table:
             if result.__class__ is MethodNotAllowed:
                 allow = ", ".join(result.allow).encode()
                 return await ex.error(405, "method_not_allowed", f"{method} is not allowed here", ((b"allow", allow),))
-            return await ex.error(404, "not_found", f"no route matches {method} {path}")
+            return await ex.not_found()
         except Exception:
             log.exception("request %s failed in route %r", request_id.decode("latin-1"), ex.route_name)
             if not ex.started:

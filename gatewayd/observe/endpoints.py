@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 
+from ..dispatch.exchange import JSON_TYPE
 from . import latency, metrics
 from .latency_page import PAGE
 from .observer import LATENCY_PREFIX, METRICS_PREFIX
 
 _NO_STORE = (b"cache-control", b"no-store")
-_JSON = (b"content-type", b"application/json")
 _HTML = (b"content-type", b"text/html; charset=utf-8")
 _PROM = (b"content-type", metrics.CONTENT_TYPE.encode())
 
@@ -34,8 +34,7 @@ def _guard(action, local_only: bool):
     async def guarded(ex) -> None:
         if not is_loopback(ex.scope.get("client")):
             ex.route_name = ""  # recorded like any request no route took
-            scope = ex.scope
-            return await ex.error(404, "not_found", f"no route matches {scope['method']} {scope['path']}")
+            return await ex.not_found()
         await action(ex)
 
     return guarded
@@ -62,7 +61,7 @@ def compile_latency(observer, local_only: bool):
         if wants_html(ex.scope["headers"]) and b"format=json" not in ex.scope.get("query_string", b""):
             return await ex.respond(200, [_HTML, _NO_STORE, (b"content-length", b"%d" % len(page))], page)
         body = json.dumps(latency_document(observer), separators=(",", ":")).encode()
-        await ex.respond(200, [_JSON, _NO_STORE, (b"content-length", b"%d" % len(body))], body)
+        await ex.respond(200, [JSON_TYPE, _NO_STORE, (b"content-length", b"%d" % len(body))], body)
 
     return _guard(latency_action, local_only)
 

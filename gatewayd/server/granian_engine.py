@@ -22,9 +22,6 @@ from .sockets import fastopen_wanted, set_fastopen
 log = logging.getLogger("gatewayd")
 
 _HTTP = {"auto": HTTPModes.auto, "1": HTTPModes.http1, "2": HTTPModes.http2}
-# the engine's own header limits sit this far above `max_header_bytes`, which the app enforces
-# exactly: room for the request line (HTTP/1.1) or pseudo-headers and HPACK's 32 bytes a field (HTTP/2)
-HEAD_ROOM = 8 * 1024
 
 
 class _Server(Server):
@@ -52,12 +49,12 @@ def http_settings(limits: Limits) -> tuple[HTTP1Settings, HTTP2Settings]:
         header_read_timeout=max(1, round(limits.header_read_timeout * 1000)),
         keep_alive=keep_alive_ms > 0,
         # also its read buffer: kept at Granian's default at least, as smaller ones slow uploads down
-        max_buffer_size=max(HTTP1Settings.max_buffer_size, limits.max_header_bytes + HEAD_ROOM),
+        max_buffer_size=max(HTTP1Settings.max_buffer_size, limits.engine_header_bytes),
     )
     h2 = HTTP2Settings(
         keep_alive_interval=keep_alive_ms or None,
         max_concurrent_streams=limits.max_concurrent_streams,
-        max_headers_size=limits.max_header_bytes + HEAD_ROOM,
+        max_headers_size=limits.engine_header_bytes,
     )
     return h1, h2
 
@@ -69,32 +66,25 @@ def _tls_options(tls: TLSConfig | None) -> dict:
 
 
 async def serve(
-    app, listeners: tuple[Listen, ...], http: str, stop: asyncio.Event, shutdown_timeout: float = 10.0,
-    server: ServerConfig | None = None,
+    app, listeners: tuple[Listen, ...], server: ServerConfig, stop: asyncio.Event
 ) -> None:  # fmt: skip
-    """Serve until `stop` is set, then stop accepting and wait up to `shutdown_timeout` seconds for the
+    """Serve until `stop` is set, then stop accepting and wait up to `server.shutdown_timeout` seconds for the
     requests in flight: Granian's `Server.stop()` closes the listener and idle keep-alive connections
     at once, and its `serve()` returns when the last in-flight response is sent (it has no time limit
-    of its own, so the limit is applied here).
-
-    `server` gives the TLS listeners, TCP Fast Open and limits (default: the gateway's config at start)."""
+    of its own, so the limit is applied here)."""
     logging.getLogger("_granian").setLevel(logging.WARNING)
     logging.getLogger("granian").setLevel(logging.WARNING)
-    if server is None:
-        server = app.gateway.config.server
     tls = server.tls
     fastopen = fastopen_wanted(server)
     h1, h2 = http_settings(server.limits)
     binds = [(listen, None) for listen in listeners] + [(listen, tls) for listen in (tls.listen if tls else ())]
-    if tls:
-        log.info("serving HTTPS on %s", ", ".join(f"https://{l}" for l in tls.listen))
     servers = [
         _Server(
             app,
             address=listen.host,
             port=listen.port,
             interface=Interfaces.ASGINL,  # our app has no lifespan work; skip Granian's lifespan round trip
-            http=_HTTP[http],
+            http=_HTTP[server.http],
             websockets=False,
             http1_settings=h1,
             http2_settings=h2,
@@ -111,9 +101,9 @@ async def serve(
     done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
     for s in servers:
         s.stop()
-    _, pending = await asyncio.wait(tasks, timeout=shutdown_timeout)
+    _, pending = await asyncio.wait(tasks, timeout=server.shutdown_timeout)
     if pending:
-        log.warning("requests still in flight after %gs; closing them", shutdown_timeout)
+        log.warning("requests still in flight after %gs; closing them", server.shutdown_timeout)
         for t in pending:
             t.cancel()
         await asyncio.gather(*pending, return_exceptions=True)

@@ -23,9 +23,6 @@ from .sockets import bind, fastopen_wanted
 
 log = logging.getLogger("gatewayd")
 
-# Hypercorn's own header limits sit this far above `max_header_bytes`, which the app enforces
-# exactly: room for the request line (HTTP/1.1) or pseudo-headers and HPACK's 32 bytes a field (HTTP/2)
-HEAD_ROOM = 8 * 1024
 
 
 class _Config(HypercornConfig):
@@ -131,20 +128,13 @@ def _draining(app):
 
 
 async def serve(
-    app, listeners: tuple[Listen, ...], http: str, stop: asyncio.Event, shutdown_timeout: float = 10.0,
-    server: ServerConfig | None = None,
+    app, listeners: tuple[Listen, ...], server: ServerConfig, stop: asyncio.Event
 ) -> None:  # fmt: skip
     """Serve until `stop` is set. Hypercorn then closes its listeners, lets each connection finish
     the request it is serving (idle keep-alive connections close), and waits up to
-    `graceful_timeout` for them before returning.
-
-    `server` gives the TLS listeners, TCP Fast Open and limits (default: the gateway's config at start)."""
-    if server is None:
-        server = app.gateway.config.server
+    `graceful_timeout` for them before returning."""
     tls = server.tls
     fastopen = fastopen_wanted(server)
-    if tls:
-        log.info("serving HTTPS on %s", ", ".join(f"https://{l}" for l in tls.listen))
     config = _Config()
     # Hypercorn's own `workers` shares one socket between its processes; our workers each bind
     # their own with SO_REUSEPORT (so the kernel spreads connections) and hand it over as fd://N
@@ -163,8 +153,8 @@ async def serve(
     else:
         config.bind = binds
     limits = server.limits
-    config.h11_max_incomplete_size = limits.max_header_bytes + HEAD_ROOM
-    config.h2_max_header_list_size = limits.max_header_bytes + HEAD_ROOM
+    config.h11_max_incomplete_size = limits.engine_header_bytes
+    config.h2_max_header_list_size = limits.engine_header_bytes
     config.h2_max_concurrent_streams = limits.max_concurrent_streams
     config.header_read_timeout = limits.header_read_timeout
     config.ssl_handshake_timeout = limits.header_read_timeout
@@ -176,7 +166,7 @@ async def serve(
     hypercorn.asyncio.run.TCPServer = _TCPServer  # what Hypercorn's accept callback instantiates
     config.accesslog = None
     config.errorlog = logging.getLogger("gatewayd.hypercorn")
-    config.graceful_timeout = shutdown_timeout
+    config.graceful_timeout = server.shutdown_timeout
     await hypercorn_serve(_draining(app), config, shutdown_trigger=stop.wait, mode="asgi")
 
 

@@ -118,7 +118,9 @@ async def _serve(gateway: Gateway, listeners, server: ServerConfig) -> None:
     watcher = asyncio.create_task(watch_file(gateway, stop))
     gateway.observer.start()  # fold (4/s) and publish (1/s) latency and metrics; flush the access log
     app = GatewayApp(gateway)
-    servers = [_engine(server.engine).serve(app, listeners, server.http, stop, server.shutdown_timeout)]
+    if server.tls:
+        log.info("serving HTTPS on %s", ", ".join(f"https://{l}" for l in server.tls.listen))
+    servers = [_engine(server.engine).serve(app, listeners, server, stop)]
     if server.quic is not None:  # HTTP/3 beside the TCP listeners: same app, same loop
         from .quic.listener import serve as serve_quic
 

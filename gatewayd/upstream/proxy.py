@@ -78,7 +78,7 @@ def _connection_tokens(value: bytes) -> frozenset[bytes]:
 
 def compile_proxy(
     upstream: Upstream, rewrite: dict, request_edit: HeaderEdit, response_edit: HeaderEdit,
-    max_body_bytes: int = 10 * 1024 * 1024,
+    max_body_bytes: int,
 ):  # fmt: skip
     """`max_body_bytes`: a body longer than this is cut off (a longer Content-Length never gets here: see Table)."""
     strip = rewrite.get("strip_prefix", "").encode()
