@@ -370,7 +370,7 @@ INVALID_VARIANTS = {
     "listen duplicate": (_set(["server", "listen"], ["127.0.0.1:1", "127.0.0.1:1"]), "uniqueItems", ("server", "listen")),
     "bad engine": (_set(["server", "engine"], "uvicorn"), "enum", ("server", "engine")),
     "http as integer": (_set(["server", "http"], 2), "enum", ("server", "http")),
-    "server_timing as string": (_set(["observability", "server_timing"], "yes"), "type", ("observability", "server_timing")),
+    "server_timing as unknown word": (_set(["observability", "server_timing"], "yes"), "enum", ("observability", "server_timing")),
 }
 
 

@@ -75,6 +75,7 @@ class ServerConfig:
     workers: int | None = None  # None: `auto`, one per CPU core the process may run on
     cpu_pinning: bool = False
     shutdown_timeout: float = 10.0  # seconds
+    trusted_proxies: tuple[str, ...] = ()  # addresses or CIDR networks whose X-Forwarded-For is believed
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +88,7 @@ class OtelConfig:
 @dataclass(frozen=True, slots=True)
 class ObservabilityConfig:
     server_timing: bool
+    server_timing_detailed: bool  # one entry per stage besides `total`
     health_path: str | None
     latency_path: str | None = "/latency"
     metrics_path: str | None = "/metrics"
@@ -241,9 +243,11 @@ def build(data: dict, file: str, sha256: str, marks: Marks, secret_paths: frozen
             workers=None if server.get("workers", "auto") == "auto" else server["workers"],
             cpu_pinning=server.get("cpu_pinning", False),
             shutdown_timeout=units.seconds(server.get("shutdown_timeout", "10s")),
+            trusted_proxies=tuple(server.get("trusted_proxies", ())),
         ),
         observability=ObservabilityConfig(
-            server_timing=obs.get("server_timing", True),
+            server_timing=bool(obs.get("server_timing", True)),
+            server_timing_detailed=obs.get("server_timing") == "detailed",
             health_path=endpoints.get("health", "/health"),
             latency_path=endpoints.get("latency", "/latency"),
             metrics_path=endpoints.get("metrics", "/metrics"),

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import ipaddress
+import os
 import re
 import ssl
 
 from ..dispatch.actions.redirect import placeholders
 from ..dispatch.specs import route_spec
 from ..observe.otel import available as otel_available
+from ..policies import CompileContext, policy_problems
 from ..routing import PathError, Router, RouteSpec, analyze
 from .errors import Problem
 from .model import Config
@@ -66,8 +69,35 @@ def check(config: Config) -> list[Problem]:
             message = message.replace(f"route {finding.related}", f"the route at line {line}")
         problems.append(Problem(where, message))
     problems += _server_problems(config)
+    problems += _policy_problems(config)
     if config.observability.otel is not None and not otel_available():
         problems.append(Problem(at(("observability", "otel"), key=True), "OpenTelemetry export needs packages that are not installed: pip install 'gatewayd[otel]'"))
+    return problems
+
+
+# policy kinds that authenticate, and so give later steps a consumer
+_AUTH_KINDS = ("api_key", "jwt")
+
+
+def _policy_problems(config: Config) -> list[Problem]:
+    """What each policy kind finds wrong in its spec (files it names, contradictions), and routes
+    whose rate limit counts per consumer without an auth policy to name one."""
+    at = config.marks.at
+    ctx = CompileContext(base_dir=os.path.dirname(os.path.abspath(config.file)))
+    problems = []
+    for name, spec in config.policies.items():
+        problems += [Problem(at(("policies", name, *path)), message) for path, message in policy_problems(spec, ctx)]
+    for r in config.routes:
+        specs = [config.policies[p] for p in r.policies if p in config.policies]
+        if any(kind in spec for spec in specs for kind in _AUTH_KINDS):
+            continue
+        for j, name in enumerate(r.policies):
+            limit = config.policies.get(name, {}).get("rate_limit")
+            keys = limit and limit.get("key", "client_ip")
+            if keys and "consumer" in ([keys] if isinstance(keys, str) else keys):
+                problems.append(Problem(at(("routes", r.index, "policies", j)), (
+                    f"policy {name!r} limits per consumer, but no policy of this route authenticates one (api_key or jwt)"
+                )))  # fmt: skip
     return problems
 
 
@@ -86,6 +116,11 @@ def _server_problems(config: Config) -> list[Problem]:
     problems: list[Problem] = []
     if server.limits.header_read_timeout <= 0:
         problems.append(Problem(at(("server", "limits", "header_read_timeout")), "header_read_timeout must be more than 0s"))
+    for i, entry in enumerate(server.trusted_proxies):
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            problems.append(Problem(at(("server", "trusted_proxies", i)), f"{entry!r} is not an IP address or CIDR network"))
     if server.tls is None:
         return problems
     plain = set(server.listen)

@@ -6,11 +6,16 @@ reference resolves.
 
 from __future__ import annotations
 
+import os
+
 from ..config.model import Config
 from ..observe.endpoints import compile_latency, compile_metrics
-from ..policies import Effects, compile_policy
+from ..policies import CompileContext, Effects, compile_policy, route_steps
+from ..policies.context import networks
 from ..routing import Router
+from ..runtime.kept import Generation
 from ..runtime.status import RuntimeStatus
+from ..store import HostStore, MemoryStore
 from ..upstream.pool import Upstream
 from ..upstream.proxy import compile_proxy
 from .actions.health import compile_health
@@ -25,10 +30,21 @@ def _ignore(exchange) -> None:
     pass
 
 
-def compile_table(config: Config, upstreams: dict[str, Upstream], status: RuntimeStatus, observer=None) -> Table:
-    """`observer`: the process's `gatewayd.observe.Observer` when serving (None: nothing is recorded)."""
-    policies = {name: compile_policy(spec) for name, spec in config.policies.items()}
+def compile_table(
+    config: Config, upstreams: dict[str, Upstream], status: RuntimeStatus, observer=None,
+    store: HostStore | None = None, kept: Generation | None = None,
+) -> Table:  # fmt: skip
+    """`observer`: the process's `gatewayd.observe.Observer` when serving (None: nothing is recorded);
+    `store` and `kept`: the host store and the policy state kept across reloads (None: private, fresh)."""
+    ctx = CompileContext(
+        store=store if store is not None else MemoryStore(),
+        kept=kept if kept is not None else Generation({}),
+        base_dir=os.path.dirname(os.path.abspath(config.file)),
+        trusted_proxies=networks(config.server.trusted_proxies),
+    )
+    policies = {name: compile_policy(name, spec, ctx) for name, spec in config.policies.items()}
     compiled = []
+    specs = []
     for r in config.routes:
         effects = Effects()
         for name in r.policies:
@@ -45,14 +61,19 @@ def compile_table(config: Config, upstreams: dict[str, Upstream], status: Runtim
                 max_body_bytes=config.server.limits.max_body_bytes,
             )  # fmt: skip
             target = r.spec
-        compiled.append(CompiledRoute(r.name, r.index, r.policies, r.action, target, effects.steps, action))
-    specs = [route_spec(r, target=c) for r, c in zip(config.routes, compiled)]
+        for wrap in reversed(effects.wraps):  # the first policy's wrapper is the outermost
+            action = wrap(action)
+        steps, phases = route_steps(effects)
+        route = CompiledRoute(r.name, r.index, r.policies, r.action, target, steps, phases, action)
+        compiled.append(route)
+        specs.append(route_spec(r, target=route, preflight=effects.preflight))
     return Table(
         router=Router(specs),
         routes=tuple(compiled),
         endpoints=_endpoints(config, status, observer),
         record=_ignore if observer is None else observer.record,
         server_timing=config.observability.server_timing,
+        detailed_timing=config.observability.server_timing_detailed,
         needs_host=any(s.host is not None for s in specs),
         max_header_bytes=config.server.limits.max_header_bytes,
         max_body_bytes=config.server.limits.max_body_bytes,

@@ -37,6 +37,9 @@ def new_request_id() -> bytes:
 class Exchange:
     __slots__ = (
         "scope", "receive", "send", "t0", "request_id", "params", "timing", "started", "route_name",
+        # set by policies: the authenticated consumer id, response headers every answer gets (CORS,
+        # rate-limit state), and (phase name, ns) per stage with `server_timing: detailed` (else None)
+        "consumer", "extra", "stages",
         # for gatewayd.observe, set only when known (read with getattr): the response status and its start
         # time (perf_counter_ns), body bytes sent, the end time, and what the proxy reports
         "status", "t_start", "sent", "t_end", "upstream", "upstream_ns", "upstream_error", "trace_id", "span_id",
@@ -53,18 +56,37 @@ class Exchange:
         self.started = False
         self.route_name = ""
         self.upstream = None  # the proxy's upstream name
+        self.consumer = self.extra = self.stages = None
 
     async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         """Send the response start; `headers` is extended in place."""
         headers.append((b"x-request-id", self.request_id))
         if STANDING_HEADERS:
             headers.extend(STANDING_HEADERS)
+        if self.extra is not None:
+            headers.extend(self.extra)
         self.status = status
         t = self.t_start = perf_counter_ns()
         if self.timing:
-            headers.append((b"server-timing", b"total;dur=%.3f" % ((t - self.t0) / 1e6)))
+            timing = b"total;dur=%.3f" % ((t - self.t0) / 1e6)
+            if self.stages is not None:
+                timing += self._stage_timing()
+            headers.append((b"server-timing", timing))
         self.started = True
         await self.send({"type": "http.response.start", "status": status, "headers": headers})
+
+    def add_headers(self, pairs) -> None:
+        """Headers for whatever response this request gets (an error included)."""
+        if self.extra is None:
+            self.extra = list(pairs)
+        else:
+            self.extra.extend(pairs)
+
+    def _stage_timing(self) -> bytes:
+        stages = self.stages
+        if getattr(self, "upstream_ns", None) is not None:
+            stages = [*stages, (b"upstream", self.upstream_ns)]
+        return b"".join(b", %s;dur=%.3f" % (name, ns / 1e6) for name, ns in stages)
 
     async def respond(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
         """A whole response in two sends; `headers` must already carry content-length."""

@@ -12,5 +12,6 @@ class CompiledRoute:
     policies: tuple[str, ...]
     action_kind: str  # respond | redirect | upstream
     target: str  # what `gatewayd routes` shows: upstream name, redirect URL or status
-    steps: tuple  # request steps from policies, in order: step(exchange, now) -> Reject | None
+    steps: tuple  # request steps from policies, in phase order: step(exchange, now) -> None or an answer
+    phases: tuple[bytes, ...]  # each step's phase name, for `server_timing: detailed`
     action: object  # async action(exchange)

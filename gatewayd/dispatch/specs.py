@@ -6,7 +6,8 @@ from ..config.model import RouteConfig
 from ..routing import RouteSpec
 
 
-def route_spec(route: RouteConfig, target: object = None) -> RouteSpec:
+def route_spec(route: RouteConfig, target: object = None, preflight: bool = False) -> RouteSpec:
+    """`preflight`: the route answers CORS preflights, so it matches OPTIONS besides its methods."""
     m = route.match
     if "path" in m:
         kind, pattern = ("template" if "{" in m["path"] else "exact"), m["path"]
@@ -19,6 +20,8 @@ def route_spec(route: RouteConfig, target: object = None) -> RouteSpec:
         methods = frozenset(m["methods"])
         if "GET" in methods:  # a GET route answers HEAD too (RFC 9110 9.3.2)
             methods |= {"HEAD"}
+        if preflight:
+            methods |= {"OPTIONS"}
     return RouteSpec(
         index=route.index,
         kind=kind,

@@ -9,7 +9,7 @@ When a request is over (its response body sent, or failed), `record` hands it to
 from __future__ import annotations
 
 import logging
-from time import monotonic, perf_counter_ns
+from time import perf_counter_ns, time
 
 from ..routing import Found, MethodNotAllowed
 from .exchange import Exchange, in_early_data, new_request_id
@@ -22,22 +22,24 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 class Table:
     __slots__ = (
-        "router", "routes", "endpoints", "record", "server_timing", "needs_host", "generation",
-        "max_header_bytes", "max_body_bytes",
+        "router", "routes", "endpoints", "record", "server_timing", "detailed_timing", "needs_host", "generation",
+        "max_header_bytes", "max_body_bytes", "kept",
     )  # fmt: skip
 
     def __init__(
         self, router, routes, endpoints, record, server_timing: bool, needs_host: bool,
-        max_header_bytes: int, max_body_bytes: int,
+        max_header_bytes: int, max_body_bytes: int, detailed_timing: bool = False,
     ):  # fmt: skip
         self.router = router
         self.routes = routes  # CompiledRoute per config route, in file order
         self.endpoints = endpoints  # path -> action of the gateway's own endpoints (/health, /latency, /metrics)
         self.record = record  # record(exchange), once per request when it is over (gatewayd/observe)
         self.server_timing = server_timing
+        self.detailed_timing = detailed_timing and server_timing  # one Server-Timing entry per stage
         self.needs_host = needs_host
         self.max_header_bytes = max_header_bytes  # server.limits: answered here, before any route runs
         self.max_body_bytes = max_body_bytes
+        self.kept = None  # the policy state this table's config holds (gatewayd.runtime.kept), set by the gateway
 
     async def handle(self, scope, receive, send) -> None:
         t0 = perf_counter_ns()
@@ -55,6 +57,8 @@ class Table:
         if request_id is None or len(request_id) > 200:
             request_id = new_request_id()
         ex = Exchange(scope, receive, send, t0, request_id, self.server_timing)
+        if self.detailed_timing:
+            ex.stages = []
         try:
             if size > self.max_header_bytes:
                 return await ex.error(431, "headers_too_large", f"the request's headers exceed {self.max_header_bytes} bytes")
@@ -77,11 +81,16 @@ class Table:
                 ex.params = result.params
                 ex.route_name = route.name
                 if route.steps:
-                    now = monotonic()
-                    for step in route.steps:
-                        reject = step(ex, now)
-                        if reject is not None:
-                            return await ex.error(reject.status, reject.error, reject.message, reject.headers)
+                    now = time()
+                    if ex.stages is None:
+                        for step in route.steps:
+                            answer = step(ex, now)
+                            if answer is not None:
+                                return await answer.send(ex)
+                    else:
+                        answer = _timed_steps(route, ex, now)
+                        if answer is not None:
+                            return await answer.send(ex)
                 return await route.action(ex)
             if result.__class__ is MethodNotAllowed:
                 allow = ", ".join(result.allow).encode()
@@ -96,6 +105,18 @@ class Table:
         finally:
             if ex.route_name is not None:
                 self.record(ex)
+
+
+def _timed_steps(route, ex, now: float):
+    """The route's steps as in `handle`, each one's time added to `ex.stages` (`server_timing: detailed`)."""
+    stages = ex.stages
+    for step, phase in zip(route.steps, route.phases):
+        t = perf_counter_ns()
+        answer = step(ex, now)
+        stages.append((phase, perf_counter_ns() - t))
+        if answer is not None:
+            return answer
+    return None
 
 
 def _has_dot_segment(path: str) -> bool:

@@ -6,7 +6,7 @@ or deleted (log rotation needs no signal). What a line never holds: header value
 Authorization, Cookie or API keys) and query values; the query's keys are logged, without values.
 
 Fields: `time` (arrival, UTC, ISO 8601 with ms), `request_id`, `trace_id`, `route` (null when no
-route matched), `consumer` (null until authentication exists), `method`, `path` (no query), `query_keys`,
+route matched), `consumer` (the id an auth policy admitted, else null), `method`, `path` (no query), `query_keys`,
 `protocol`, `status` (499 when the client left before the response started), `bytes_sent` (body
 bytes), `server_ms`, `total_ms`, `upstream`, `upstream_ms` (to the upstream's response headers;
 null when not proxied), `cache` (null until a cache exists), `worker`.

@@ -153,7 +153,7 @@ class Observer:
                 "request_id": ex.request_id.decode("latin-1"),
                 "trace_id": trace_id,
                 "route": None if route == UNMATCHED else route,
-                "consumer": None,
+                "consumer": ex.consumer,
                 "method": scope["method"],
                 "path": scope["path"],
                 "query_keys": query_keys(scope.get("query_string", b"")),

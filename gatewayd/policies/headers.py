@@ -16,5 +16,5 @@ def _edit(spec: dict) -> HeaderEdit:
     return HeaderEdit(drop, tuple(set_.items()) + add)
 
 
-def compile_policy(spec: dict) -> Effects:
+def compile_policy(spec: dict, ctx=None, name: str = "") -> Effects:
     return Effects(request_headers=_edit(spec.get("request", {})), response_headers=_edit(spec.get("response", {})))

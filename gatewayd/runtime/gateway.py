@@ -21,6 +21,7 @@ from ..dispatch.table import Table
 from ..observe import Observer
 from ..store import HostStore, MemoryStore
 from ..upstream.pool import Upstream, UpstreamRegistry
+from .kept import Kept
 from .status import RuntimeStatus
 
 log = logging.getLogger("gatewayd")
@@ -40,6 +41,7 @@ class Gateway:
         self.status = RuntimeStatus()
         self.observer = Observer(self.store, self.status)  # latency, metrics, access log
         self.registry = UpstreamRegistry()
+        self.kept = Kept()  # policy state (rate-limit budgets, verified tokens) kept across reloads
         self.config: Config | None = None
         self.table: Table | None = None
         self._lock = asyncio.Lock()
@@ -47,7 +49,10 @@ class Gateway:
     def _build(self, raw: bytes) -> tuple[Config, Table, dict[str, Upstream], list[Upstream]]:
         config = load_bytes(raw, self.path)
         live, retired = self.registry.resolve(config.upstreams)
-        return config, compile_table(config, live, self.status, self.observer), live, retired
+        kept = self.kept.generation()
+        table = compile_table(config, live, self.status, self.observer, self.store, kept)
+        table.kept = kept
+        return config, table, live, retired
 
     def start(self) -> Config:
         """The first load: a bad file raises ConfigError (the caller exits 1), unless a last good
@@ -101,6 +106,7 @@ class Gateway:
         self.table = table  # the one assignment that switches every new request to the new config
         self.config = config
         self.registry.commit(live)
+        self.kept.commit(table.kept)
         self.status.loaded(config.sha256)
         self._rejected_sha = None
         self.observer.configure(config.observability)
@@ -108,6 +114,7 @@ class Gateway:
             _write_atomically(self.last_good, raw)
 
     async def close(self) -> None:
+        self.kept.close()
         await self.observer.close()
         for upstream in self.registry.resolve({})[1]:
             await upstream.close()

@@ -27,10 +27,12 @@ HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade"}
 )
 # set by the gateway itself on the way up; the client's values are folded in or replaced
-# (`early-data` is never trusted from the client: it is set only when the gateway received the request in 0-RTT)
-_OWN = frozenset(
-    {b"host", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"via", b"x-request-id", b"early-data"}
-)
+# (`early-data` is never trusted from the client: it is set only when the gateway received the request in 0-RTT;
+# nor `x-consumer-id`: it is set only when an auth policy admitted the request)
+_OWN = frozenset({
+    b"host", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"via", b"x-request-id", b"early-data",
+    b"x-consumer-id",
+})  # fmt: skip
 
 
 # HTTP versions whose requests may carry a body without Content-Length or Transfer-Encoding
@@ -148,6 +150,8 @@ def compile_proxy(
             headers.append(("tracestate", tracestate))
         if in_early_data(scope):
             headers.append(("early-data", "1"))  # RFC 8470 section 5.1
+        if ex.consumer is not None:
+            headers.append(("x-consumer-id", ex.consumer))
         for name, value in extra_up:
             headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
