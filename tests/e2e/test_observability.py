@@ -6,13 +6,12 @@ from __future__ import annotations
 import http.client
 import json
 import re
-import shutil
-import subprocess
 import time
 from pathlib import Path
 
 import httpx
 import pytest
+from browser import dump_dom, needs_chromium
 from conftest import HOST, ROOT, free_port
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -221,11 +220,7 @@ routes:
 # --- the page, in a real browser ------------------------------------------------------------------------
 
 
-def _chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-@pytest.mark.skipif(_chromium() is None, reason="headless Chromium is not installed (Debian: apt-get install chromium)")
+@needs_chromium
 def test_latency_page_draws_a_chart_in_chromium(gw, tmp_path):
     with httpx.Client(base_url=gw.url, timeout=10.0) as c:
         for i in range(60):
@@ -234,15 +229,8 @@ def test_latency_page_draws_a_chart_in_chromium(gw, tmp_path):
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / f"latency-{gw.engine}.png"
     shot.unlink(missing_ok=True)
-    command = [
-        _chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--dump-dom",
-        "--window-size=1200,800", "--virtual-time-budget=5000", f"{gw.url}/latency",
-    ]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, timeout=90, cwd=tmp_path)
-    dom = done.stdout.decode(errors="replace")
-    assert shot.exists() and shot.stat().st_size > 10_000, done.stderr.decode(errors="replace")[-2000:]
+    dom, stderr = dump_dom(f"{gw.url}/latency", tmp_path, screenshot=shot)
+    assert shot.exists() and shot.stat().st_size > 10_000, stderr[-2000:]
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     points = re.search(r'<svg id="chart"[^>]*data-points="(\d+)"', dom)
     assert points and int(points.group(1)) > 0, dom[:3000]
