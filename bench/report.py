@@ -42,6 +42,7 @@ class Point:
     streams: int  # requests in flight per connection (1 for HTTP/1.1)
     rounds: list[LoadResult] = field(default_factory=list)
     server_timings_ms: list[float] = field(default_factory=list)  # gatewayd only, sampled sequentially
+    load_server_ms: list[tuple[float, float]] = field(default_factory=list)  # gatewayd's /latency (p50, p99) per round
 
     def median(self, attr: str) -> float:
         return statistics.median(getattr(r, attr) for r in self.rounds)
@@ -64,6 +65,13 @@ class Point:
     @property
     def server_timing_ms(self) -> float | None:
         return statistics.median(self.server_timings_ms) if self.server_timings_ms else None
+
+    @property
+    def under_load_ms(self) -> tuple[float, float] | None:
+        """Median over the rounds of gatewayd's own server-time p50 and p99 during the load."""
+        if not self.load_server_ms:
+            return None
+        return statistics.median(v[0] for v in self.load_server_ms), statistics.median(v[1] for v in self.load_server_ms)
 
     @property
     def client_cores(self) -> float | None:
@@ -153,7 +161,7 @@ def summary_table(groups: list[Group]) -> str:
     if not concs:
         return "Nothing measured."
     lo, mid, hi = pick_concurrencies(concs)
-    header = ["server", "protocol", "workers", "Server-Timing median ms"]
+    header = ["server", "protocol", "workers", "Server-Timing median ms", f"server time under load c={mid} p50 / p99 ms"]
     cols: list[tuple[int, str]] = []
     if lo != mid:
         cols.append((lo, "p50_ms"))
@@ -167,6 +175,8 @@ def summary_table(groups: list[Group]) -> str:
         for t in g.targets:
             st = g.server_timing(t.key)
             cells = [t.server, t.protocol, t.workers, ms(st) if t.server == "gatewayd" else "-"]
+            loaded = (p := g.point(t.key, mid)) and p.under_load_ms
+            cells.append(f"{ms(loaded[0])} / {ms(loaded[1])}" if loaded else "-")
             for c, attr in cols:
                 p = g.point(t.key, c)
                 cells.append(ms(p.median(attr)) if p else "-")

@@ -55,6 +55,30 @@ server {
 """
 
 
+# The gateway work of an API in front of its consumers, the same for gatewayd and nginx: an API key
+# looked up among known keys (401 otherwise), a rate limit per consumer set far above the load (so
+# every request pays for the decision and none is refused) and, for browsers, CORS headers.
+API_KEY = "bench-key-0001"
+GATEWAY_POLICIES = f"""
+policies:
+  keyed:
+    api_key: {{keys: [{{id: acme, key: {API_KEY}}}, {{id: globex, key: bench-key-0002}}]}}
+    rate_limit: {{limit: 10000000, per: 1s, burst: 1000000, key: consumer}}
+"""
+NGINX_POLICIES = f"""
+map $http_authorization $consumer {{
+    "Bearer {API_KEY}" acme;
+    "Bearer bench-key-0002" globex;
+    default "";
+}}
+limit_req_zone $consumer zone=consumers:10m rate=10000000r/s;
+"""
+NGINX_KEYED = """
+        if ($consumer = "") { return 401; }
+        limit_req zone=consumers burst=1000000 nodelay;
+"""
+
+
 SCENARIOS: list[Scenario] = [
     Scenario(
         name="static",
@@ -113,6 +137,72 @@ server {
     }
 }
 """,
+        expect_json={"id": "42"},
+    ),
+    Scenario(
+        name="policies",
+        description=(
+            "GET /v1/health through an API key, a rate limit per consumer (far above the load) and CORS, "
+            "answered by the gateway itself"
+        ),
+        path="/v1/health",
+        headers={"Authorization": f"Bearer {API_KEY}", "Origin": "https://app.example.com"},
+        gatewayd=GATEWAY_POLICIES + """
+    cors: {origins: ["https://app.example.com"], headers: [Authorization]}
+routes:
+  - {match: {path: /v1/health, methods: [GET]}, policies: [keyed], respond: {status: 200, json: {ok: true}}}
+""",
+        nginx=NGINX_POLICIES + """
+server {
+    @LISTEN@
+    location = /v1/health {
+@KEYED@
+        add_header Vary Origin always;
+        if ($http_origin = "https://app.example.com") { add_header Access-Control-Allow-Origin $http_origin always; add_header Vary Origin always; }
+        default_type application/json;
+        return 200 '{"ok":true}';
+    }
+}
+""".replace("@KEYED@", NGINX_KEYED),
+        expect_json={"ok": True},
+    ),
+    Scenario(
+        name="gateway-work",
+        description=(
+            "GET /v1/items/42 through an API key and a rate limit per consumer (far above the load), "
+            "proxied over keep-alive to an upstream returning 13 bytes of JSON"
+        ),
+        path="/v1/items/42",
+        headers={"Authorization": f"Bearer {API_KEY}"},
+        upstream_nginx=UPSTREAM_13_BYTES,
+        gatewayd=GATEWAY_POLICIES + """
+upstreams:
+  items: {targets: ["http://127.0.0.1:@UPSTREAM_PORT@"]}
+routes:
+  - {match: {path: "/v1/items/{id}", methods: [GET]}, policies: [keyed], upstream: items}
+""",
+        nginx=NGINX_POLICIES + """
+upstream items {
+    server 127.0.0.1:@UPSTREAM_PORT@;
+    keepalive 64;
+}
+server {
+    @LISTEN@
+    location ~ ^/v1/items/[^/]+$ {
+@KEYED@
+        proxy_pass http://items;
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        # the request headers gatewayd adds on the way up
+        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        proxy_set_header X-Forwarded-Proto $scheme;
+        proxy_set_header X-Forwarded-Host $http_host;
+        proxy_set_header Via "1.1 nginx";
+        proxy_set_header X-Request-Id $request_id;
+        proxy_set_header X-Consumer-Id $consumer;
+    }
+}
+""".replace("@KEYED@", NGINX_KEYED),
         expect_json={"id": "42"},
     ),
 ]

@@ -10,7 +10,8 @@ import os
 
 from ..config.model import Config
 from ..observe.endpoints import compile_latency, compile_metrics
-from ..policies import CompileContext, Effects, compile_policy, route_steps
+from ..policies import CompileContext, Effects, Reject, compile_policy, route_steps
+from ..policies.effects import CORS
 from ..policies.context import networks
 from ..routing import Router
 from ..runtime.kept import Generation
@@ -63,6 +64,9 @@ def compile_table(
             target = r.spec
         for wrap in reversed(effects.wraps):  # the first policy's wrapper is the outermost
             action = wrap(action)
+        if effects.preflight and "methods" in r.match and "OPTIONS" not in r.match["methods"]:
+            # the route matches OPTIONS only for CORS preflights: any other OPTIONS gets the 405 it got before
+            effects = effects.then(Effects(steps=((CORS, _options_not_allowed(r.match["methods"])),)))
         steps, phases = route_steps(effects)
         route = CompiledRoute(r.name, r.index, r.policies, r.action, target, steps, phases, action)
         compiled.append(route)
@@ -78,6 +82,16 @@ def compile_table(
         max_header_bytes=config.server.limits.max_header_bytes,
         max_body_bytes=config.server.limits.max_body_bytes,
     )
+
+
+def _options_not_allowed(methods):
+    allow = ", ".join(sorted({*methods, *(("HEAD",) if "GET" in methods else ())})).encode()
+    refusal = Reject(405, "method_not_allowed", "OPTIONS is not allowed here", ((b"allow", allow),))
+
+    def step(ex, now):
+        return refusal if ex.scope["method"] == "OPTIONS" else None
+
+    return step
 
 
 def _endpoints(config: Config, status: RuntimeStatus, observer) -> dict:
