@@ -42,6 +42,7 @@ def compile_table(
         kept=kept if kept is not None else Generation({}),
         base_dir=os.path.dirname(os.path.abspath(config.file)),
         trusted_proxies=networks(config.server.trusted_proxies),
+        max_body_bytes=config.server.limits.max_body_bytes,
     )
     policies = {name: compile_policy(name, spec, ctx) for name, spec in config.policies.items()}
     compiled = []

@@ -17,6 +17,7 @@ class CompileContext:
     kept: Generation = field(default_factory=lambda: Generation({}))  # state kept across reloads
     base_dir: str = "."  # the config file's folder: relative file names in policies are taken from it
     trusted_proxies: tuple = ()  # ipaddress networks whose X-Forwarded-For is believed
+    max_body_bytes: int = 10 * 1024 * 1024  # server.limits.max_body_bytes: no body the gateway reads is larger
 
     def path(self, name: str) -> str:
         """A file named in a policy, as an absolute path."""
