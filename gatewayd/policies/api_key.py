@@ -5,9 +5,6 @@ precomputed `403` for a consumer that `allow` does not list), so a presented key
 one dict lookup. The raw keys are not kept once compiled and never compared with `==` (a lookup on
 digests tells a timing attacker nothing about a key), and `sha256` entries keep the secret out of
 the file altogether. Nothing derived from a key reaches a log, an error, a metric label or /health.
-
-Refusals are counted in `gatewayd_auth_refused_total{policy, reason}` when they are sent, so a
-credential one authenticator of a route refuses but another admits is not counted.
 """
 
 from __future__ import annotations
@@ -16,37 +13,11 @@ import hashlib
 from urllib.parse import unquote_to_bytes
 
 from ..config.validate import did_you_mean
-from ..observe import metrics
-from .auth import forbidden, refused
+from .auth import Refusal, forbidden, refused
 from .effects import MISSING, Effects
 
 SCHEME = b"Bearer"
 DEFAULT_FROM = ("header:Authorization", "header:X-API-Key")
-
-REFUSED = metrics.counter(
-    "gatewayd_auth_refused_total",
-    "Requests an auth policy (api_key, jwt) refused, by policy and reason.",
-    ("policy", "reason"),
-)
-
-
-class Refusal:
-    """An auth refusal (a `Reject`) that counts itself in `gatewayd_auth_refused_total` when sent.
-
-    Built when the policy compiles, one per reason (and per forbidden consumer), so refusing costs
-    no allocation; `reason` must come from a fixed set, since it is a metric label."""
-
-    __slots__ = ("_counted", "answer", "reason")
-
-    def __init__(self, answer, policy: str, reason: str):
-        self.answer = answer
-        self.reason = reason
-        self._counted = REFUSED.labels(policy, reason)
-
-    async def send(self, ex) -> None:
-        self._counted.inc()
-        await self.answer.send(ex)
-
 
 def digest(key: str) -> bytes:
     """What a key is looked up by."""

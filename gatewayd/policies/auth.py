@@ -4,13 +4,41 @@ Several auth policies on one route mean any one of them admits: the first authen
 recognises a credential and accepts it sets `exchange.consumer`. A request with no credential of
 any kind gets `401` naming the schemes; one whose credentials were all refused gets the first
 refusal (`401` for an unknown key or a bad token, `403` for a consumer the policy does not allow).
+Refusals are counted in `gatewayd_auth_refused_total{policy, reason}` when they are sent, so a
+credential one authenticator of a route refuses but another admits is not counted.
 """
 
 from __future__ import annotations
 
+from ..observe import metrics
 from .effects import MISSING, Reject
 
 REALM = b'realm="gatewayd"'
+
+
+REFUSED = metrics.counter(
+    "gatewayd_auth_refused_total",
+    "Requests an auth policy (api_key, jwt) refused, by policy and reason.",
+    ("policy", "reason"),
+)
+
+
+class Refusal:
+    """An auth refusal (a `Reject`) that counts itself in `gatewayd_auth_refused_total` when sent.
+
+    Built when the policy compiles, one per reason (and per forbidden consumer), so refusing costs
+    no allocation; `reason` must come from a fixed set, since it is a metric label."""
+
+    __slots__ = ("_counted", "answer", "reason")
+
+    def __init__(self, answer, policy: str, reason: str):
+        self.answer = answer
+        self.reason = reason
+        self._counted = REFUSED.labels(policy, reason)
+
+    async def send(self, ex) -> None:
+        self._counted.inc()
+        await self.answer.send(ex)
 
 
 def missing(schemes: tuple[bytes, ...]) -> Reject:

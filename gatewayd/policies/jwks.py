@@ -27,7 +27,6 @@ import jwt
 from pyreqwest.client import ClientBuilder
 from pyreqwest.exceptions import PyreqwestError
 
-from ..runtime import status
 
 log = logging.getLogger("gatewayd.policies")
 
@@ -192,10 +191,8 @@ class RemoteJwks:
     def start(self) -> None:
         self._wake = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._run())
-        status.report(self.policy, self)
 
     def close(self) -> None:
-        status.withdraw(self.policy, self)
         if self._task is not None:
             self._task.cancel()
             self._task = None
@@ -206,6 +203,7 @@ class RemoteJwks:
             self._wake.set()
 
     def health(self) -> dict:
+        """Shown under `policies.<name>` in /health (see gatewayd.runtime.kept)."""
         return {
             "jwks": self.state,
             "last_error": self.last_error,

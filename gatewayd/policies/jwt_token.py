@@ -28,8 +28,8 @@ import jwt
 from jwt.warnings import InsecureKeyLengthWarning
 
 from ..config.units import seconds
-from .api_key import Refusal, bearer
-from .auth import forbidden, refused
+from .api_key import bearer
+from .auth import Refusal, forbidden, refused
 from .effects import MISSING, Effects, Reject
 from .jwks import ASYMMETRIC, HMAC, JwksError, KeySet, RemoteJwks, read_file
 

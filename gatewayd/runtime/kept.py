@@ -66,6 +66,12 @@ class Generation:
         return obj
 
 
+def health(generation: "Generation") -> dict:
+    """What the states a config holds report for /health, by policy name (states with a `health()`
+    and a `policy` name: a `jwt` policy's JWKS URL, say)."""
+    return {obj.policy: obj.health() for obj in generation.held.values() if hasattr(obj, "health")}
+
+
 def _quietly(call) -> None:
     try:
         call()

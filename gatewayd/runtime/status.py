@@ -1,26 +1,10 @@
-"""What this process knows about its own config: generation, hash, last reload and its error, and
-the state of policies that depend on something outside the config (a `jwt` policy's JWKS URL)."""
+"""What this process knows about its own config: generation, hash, last reload and its error."""
 
 from __future__ import annotations
 
 import os
 import time
 from dataclasses import dataclass, field
-
-# policy states that report in /health, by policy name: a kept state (gatewayd.runtime.kept) adds
-# itself when it starts serving and withdraws when it is closed, so only the live config's show
-_REPORTING: dict[str, object] = {}
-
-
-def report(name: str, state) -> None:
-    """Show `state.health()` (a JSON-able dict, no secrets) under `policies.<name>` in /health."""
-    _REPORTING[name] = state
-
-
-def withdraw(name: str, state) -> None:
-    """Stop showing `state` (a newer state of the same policy may have taken its place already)."""
-    if _REPORTING.get(name) is state:
-        del _REPORTING[name]
 
 
 @dataclass
@@ -42,7 +26,7 @@ class RuntimeStatus:
         self.last_reload_error = message
 
     def health(self) -> dict:
-        out = {
+        return {
             "status": "ok",
             "generation": self.generation,
             "config_sha256": self.config_sha256,
@@ -52,6 +36,3 @@ class RuntimeStatus:
             "pid": os.getpid(),
             "worker": self.worker,
         }
-        if _REPORTING:
-            out["policies"] = {name: state.health() for name, state in sorted(_REPORTING.items())}
-        return out
