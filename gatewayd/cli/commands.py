@@ -55,7 +55,7 @@ def check(args) -> int:
             print(p)
     if problems:
         if args.format == "text":
-            print(f"{args.file}: {len(problems)} error{'s' if len(problems) != 1 else ''}", file=sys.stderr)
+            print(f"{args.file}: {count(len(problems), 'error', 'errors')}", file=sys.stderr)
         return 1
     try:
         _table(config)  # what serving would build: a config that loads must compile
@@ -63,8 +63,18 @@ def check(args) -> int:
         print(f"{args.file}: the config is valid but could not be compiled: {exc!r}", file=sys.stderr)
         return 1
     if args.format == "text":
-        print(f"{args.file}: ok ({len(config.routes)} routes, {len(config.upstreams)} upstreams, {len(config.policies)} policies)")
+        counts = (
+            count(len(config.routes), "route", "routes"),
+            count(len(config.upstreams), "upstream", "upstreams"),
+            count(len(config.policies), "policy", "policies"),
+        )
+        print(f"{args.file}: ok ({', '.join(counts)})")
     return 0
+
+
+def count(n: int, one: str, many: str) -> str:
+    """`1 route`, `3 routes`, `0 policies`."""
+    return f"{n} {one if n == 1 else many}"
 
 
 def _table(config):

@@ -59,10 +59,23 @@ def sample() -> dict:
 def test_check_ok(sample):
     out = gatewayd("check", SAMPLE)
     assert out.returncode == 0, out.stderr
-    n_routes, n_upstreams, n_policies = len(sample["routes"]), len(sample["upstreams"]), len(sample["policies"])
-    assert out.stdout.strip() == (
-        f"{SAMPLE}: ok ({n_routes} routes, {n_upstreams} upstreams, {n_policies} policies)"
+    assert (len(sample["routes"]), len(sample["upstreams"]), len(sample["policies"])) == (5, 1, 1)
+    assert out.stdout.strip() == f"{SAMPLE}: ok (5 routes, 1 upstream, 1 policy)"
+
+
+def test_check_ok_counts_in_words(tmp_path):
+    path = tmp_path / "one.yaml"
+    path.write_text(
+        "version: 1\n"
+        "policies:\n"
+        "  a: {headers: {response: {set: {X-A: a}}}}\n"
+        "  b: {headers: {response: {set: {X-B: b}}}}\n"
+        "routes:\n"
+        "  - {match: {path: /}, respond: {}}\n"
     )
+    out = gatewayd("check", path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"{path}: ok (1 route, 0 upstreams, 2 policies)"
 
 
 def test_check_ok_json():
