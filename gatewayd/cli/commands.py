@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import sys
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from ..config.errors import ConfigError
 from ..config.load import load_bytes, read
 from ..config.validate import SCHEMA_PATH
+from ..dispatch.actions.redirect import compile_location
 from ..dispatch.compile import compile_table
+from ..dispatch.refusals import read_head
 from ..observe import Observer
 from ..routing import Found, MethodNotAllowed
 from ..runtime.status import RuntimeStatus
@@ -127,17 +129,23 @@ def explain(args) -> int:
     for h in args.header:
         name, _, value = h.partition(":")
         headers.append((name.strip().lower().encode(), value.strip().encode()))
-    host = next((v.decode() for n, v in headers if n == b"host"), None)
     method = args.method.upper()
-    path = parts.path or "/"
+    # the request as the engines hand it to the gateway: the path percent-decoded, the query as sent
+    path, query = unquote(parts.path or "/"), parts.query.encode()
+    size, _, host, length = read_head(headers)
     own = {o.health_path: "health", o.latency_path: "latency", o.metrics_path: "metrics"}
     own.pop(None, None)
-    if path in table.endpoints:
+    if reject := table.refuse({"method": method, "path": path, "headers": headers}, size, length):
+        out = {"result": reject.status, "error": reject.error, "message": reject.message}
+    elif path in table.endpoints:
         out = {"result": "endpoint", "message": f"{path} is the gateway's {own[path]} endpoint"}
     else:
-        result = table.router.match(method, path, host, headers, parts.query.encode())
+        result = table.router.match(method, path, host and host.decode("latin-1"), headers, query)
         if isinstance(result, Found):
             out = {"result": "match", "params": dict(result.params), "route": _describe(config, result.target)}
+            route = config.routes[result.target.index]
+            if route.action == "redirect":
+                out["location"] = compile_location(route.spec)(result.params, query).decode("latin-1")
         elif isinstance(result, MethodNotAllowed):
             out = {"result": 405, "allow": list(result.allow), "message": f"the path matches, but not for {method}"}
         else:
@@ -150,6 +158,8 @@ def explain(args) -> int:
         print(f"  params:   {json.dumps(out['params'])}")
         print(f"  policies: {', '.join(r['policies']) or '-'}")
         print(f"  action:   {r['action']} {r['target']}")
+        if "location" in out:
+            print(f"  location: {out['location']}")
     else:
         extra = f" (Allow: {', '.join(out['allow'])})" if "allow" in out else ""
         print(f"{out['result']}: {out['message']}{extra}")

@@ -76,6 +76,10 @@ class Exchange:
         scope = self.scope
         await self.error(404, "not_found", f"no route matches {scope['method']} {scope['path']}")
 
+    async def refuse(self, reject) -> None:
+        """Answer with a `Reject` (a policy step's, or a refusal before routing)."""
+        await self.error(reject.status, reject.error, reject.message, reject.headers)
+
     async def error(self, status: int, error: str, message: str, headers=()) -> None:
         """A JSON error body `{"error", "message", "request_id"}`; the only shape clients see on failure."""
         body = json.dumps({"error": error, "message": message, "request_id": self.request_id.decode("latin-1")}).encode()

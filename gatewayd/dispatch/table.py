@@ -1,9 +1,10 @@
 """The compiled dispatch: one object per config generation whose `handle` serves every request.
 
-Requests flow: arrival time -> request id -> router match (404/405 decided here) -> the route's
-policy steps in order (any may answer instead) -> the route's action. Everything it reads was
-precomputed by `compile.py`; swapping configs is replacing the one `Table` reference the app holds.
-When a request is over (its response body sent, or failed), `record` hands it to `gatewayd.observe`.
+Requests flow: arrival time -> request id -> refusals before routing (`refusals.py`) -> router match
+(404/405 decided here) -> the route's policy steps in order (any may answer instead) -> the route's
+action. Everything it reads was precomputed by `compile.py`; swapping configs is replacing the one
+`Table` reference the app holds. When a request is over (its response body sent, or failed), `record`
+hands it to `gatewayd.observe`.
 """
 
 from __future__ import annotations
@@ -12,19 +13,14 @@ import logging
 from time import monotonic, perf_counter_ns
 
 from ..routing import Found, MethodNotAllowed
-from .exchange import Exchange, in_early_data, new_request_id
+from .exchange import Exchange, new_request_id
+from .refusals import compile_refusals, read_head
 
 log = logging.getLogger("gatewayd.dispatch")
 
-# the only methods served from 0-RTT early data, which can be replayed; others get 425 (RFC 8470)
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-
 
 class Table:
-    __slots__ = (
-        "router", "routes", "endpoints", "record", "server_timing", "needs_host", "generation",
-        "max_header_bytes", "max_body_bytes",
-    )  # fmt: skip
+    __slots__ = ("router", "routes", "endpoints", "record", "server_timing", "needs_host", "generation", "refuse")
 
     def __init__(
         self, router, routes, endpoints, record, server_timing: bool, needs_host: bool,
@@ -36,35 +32,21 @@ class Table:
         self.record = record  # record(exchange), once per request when it is over (gatewayd/observe)
         self.server_timing = server_timing
         self.needs_host = needs_host
-        self.max_header_bytes = max_header_bytes  # server.limits: answered here, before any route runs
-        self.max_body_bytes = max_body_bytes
+        # refuse(scope, header_bytes, content_length): answered here, before any route runs (server.limits too)
+        self.refuse = compile_refusals(max_header_bytes, max_body_bytes)
 
     async def handle(self, scope, receive, send) -> None:
         t0 = perf_counter_ns()
-        request_id = host = length = None
         headers = scope["headers"]
-        size = 4 * len(headers)  # header section size as on an HTTP/1.1 wire: ": " and CRLF per field
-        for name, value in headers:
-            size += len(name) + len(value)
-            if name == b"x-request-id":
-                request_id = value
-            elif name == b"host":
-                host = value
-            elif name == b"content-length":
-                length = value
+        size, request_id, host, length = read_head(headers)
         if request_id is None or len(request_id) > 200:
             request_id = new_request_id()
         ex = Exchange(scope, receive, send, t0, request_id, self.server_timing)
         try:
-            if size > self.max_header_bytes:
-                return await ex.error(431, "headers_too_large", f"the request's headers exceed {self.max_header_bytes} bytes")
-            if length is not None and length.isdigit() and (len(length) > 18 or int(length) > self.max_body_bytes):
-                return await ex.error(413, "body_too_large", f"the request body exceeds {self.max_body_bytes} bytes")
-            if in_early_data(scope) and scope["method"] not in SAFE_METHODS:
-                return await ex.error(425, "too_early", "send this request again once the TLS handshake is complete")
+            reject = self.refuse(scope, size, length)
+            if reject is not None:
+                return await ex.refuse(reject)
             path = scope["path"]
-            if "/." in path and _has_dot_segment(path):
-                return await ex.error(400, "bad_path", "the path has . or .. segments")
             endpoint = self.endpoints.get(path)
             if endpoint is not None:
                 ex.route_name = None  # the gateway's own endpoints are not recorded
@@ -81,7 +63,7 @@ class Table:
                     for step in route.steps:
                         reject = step(ex, now)
                         if reject is not None:
-                            return await ex.error(reject.status, reject.error, reject.message, reject.headers)
+                            return await ex.refuse(reject)
                 return await route.action(ex)
             if result.__class__ is MethodNotAllowed:
                 allow = ", ".join(result.allow).encode()
@@ -97,7 +79,3 @@ class Table:
             if ex.route_name is not None:
                 self.record(ex)
 
-
-def _has_dot_segment(path: str) -> bool:
-    """`/a/../b`, `/a/./b`, `/a/..`: segments an upstream would resolve, after the route was chosen."""
-    return any(segment in (".", "..") for segment in path.split("/"))

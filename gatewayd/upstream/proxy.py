@@ -17,6 +17,7 @@ from urllib.parse import quote
 from pyreqwest.exceptions import ConnectTimeoutError, PyreqwestError, RequestTimeoutError
 
 from ..dispatch.exchange import in_early_data
+from ..dispatch.refusals import body_too_large
 from ..observe import trace
 from ..policies import HeaderEdit
 from .pool import Upstream
@@ -91,6 +92,7 @@ def compile_proxy(
     drop_down = {n.decode() for n in HOP_BY_HOP | response_edit.drop} | {"date", "server", "alt-svc"}
     extra_down = response_edit.extra
     response_timeout = upstream.config.response_timeout
+    too_large = body_too_large(max_body_bytes)
     balancer = upstream.balancer
     targets = upstream.targets
 
@@ -167,7 +169,7 @@ def compile_proxy(
                     response = await request.__aenter__()
                 ex.upstream_ns = perf_counter_ns() - sent_at
             except BodyTooLarge:  # raised through pyreqwest from _body, unwrapped
-                return await ex.error(413, "body_too_large", f"the request body exceeds {max_body_bytes} bytes")
+                return await ex.refuse(too_large)
             except ClientDisconnected:
                 return
             except (TimeoutError, RequestTimeoutError) as exc:
@@ -179,7 +181,7 @@ def compile_proxy(
                 if isinstance(exc.__cause__, ClientDisconnected) or "ClientDisconnected" in str(exc):
                     return
                 if isinstance(exc.__cause__, BodyTooLarge) or "BodyTooLarge" in str(exc):
-                    return await ex.error(413, "body_too_large", f"the request body exceeds {max_body_bytes} bytes")
+                    return await ex.refuse(too_large)
                 ex.upstream_error = "unavailable"
                 log.warning("upstream %s (%s): %s", upstream_name, targets[i].decode(), _reason(exc))
                 return await ex.error(502, "upstream_unavailable", f"upstream {upstream.config.name!r} could not be reached")
