@@ -66,8 +66,29 @@ def check(config: Config) -> list[Problem]:
             message = message.replace(f"route {finding.related}", f"the route at line {line}")
         problems.append(Problem(where, message))
     problems += _server_problems(config)
+    problems += _engine_header_problems(config)
     if config.observability.otel is not None and not otel_available():
         problems.append(Problem(at(("observability", "otel"), key=True), "OpenTelemetry export needs packages that are not installed: pip install 'gatewayd[otel]'"))
+    return problems
+
+
+# response headers Granian adds to every response without them (Hypercorn's are turned off, see
+# server/hypercorn_engine.py): a `headers` policy can set them there, not remove them
+_GRANIAN_ADDS = {
+    "server": "Granian adds `server: granian` to every response without a Server header",
+    "date": "Granian adds a Date to every response without one",
+}
+
+
+def _engine_header_problems(config: Config) -> list[Problem]:
+    if config.server.engine != "granian":
+        return []
+    problems = []
+    for name, policy in config.policies.items():
+        for i, header in enumerate(policy.get("headers", {}).get("response", {}).get("remove", ())):
+            if (why := _GRANIAN_ADDS.get(header.lower())) is not None:
+                where = config.marks.at(("policies", name, "headers", "response", "remove", i))
+                problems.append(Problem(where, f"{header} cannot be removed on the granian engine: {why}; set it instead, or use server.engine: hypercorn"))
     return problems
 
 

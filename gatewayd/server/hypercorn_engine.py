@@ -24,8 +24,16 @@ from .sockets import bind, fastopen_wanted
 log = logging.getLogger("gatewayd")
 
 
+class GatewayConfig(HypercornConfig):
+    """Hypercorn's config as gatewayd runs it, over TCP and HTTP/3 alike: no access log (gatewayd.observe
+    keeps its own), errors to gatewayd's log, and no Date or Server header of its own, which it would
+    add beside any the app sends: the gateway sends Date itself (see `Exchange.start`), so that a
+    `headers` policy can set or remove both."""
 
-class _Config(HypercornConfig):
+    accesslog = None
+    errorlog = logging.getLogger("gatewayd.hypercorn")
+    include_date_header = False
+    include_server_header = False
     header_read_timeout: float = 30.0  # read by _TCPServer
 
 
@@ -135,7 +143,7 @@ async def serve(
     `graceful_timeout` for them before returning."""
     tls = server.tls
     fastopen = fastopen_wanted(server)
-    config = _Config()
+    config = GatewayConfig()
     # Hypercorn's own `workers` shares one socket between its processes; our workers each bind
     # their own with SO_REUSEPORT (so the kernel spreads connections) and hand it over as fd://N
     fds: list[int] = []
@@ -164,8 +172,6 @@ async def serve(
         config.keep_alive_max_requests = 1
         config.keep_alive_timeout = limits.header_read_timeout
     hypercorn.asyncio.run.TCPServer = _TCPServer  # what Hypercorn's accept callback instantiates
-    config.accesslog = None
-    config.errorlog = logging.getLogger("gatewayd.hypercorn")
     config.graceful_timeout = server.shutdown_timeout
     await hypercorn_serve(_draining(app), config, shutdown_trigger=stop.wait, mode="asgi")
 

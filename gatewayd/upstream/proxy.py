@@ -87,10 +87,12 @@ def compile_proxy(
     drop_up = HOP_BY_HOP | _OWN | trace.HEADERS | request_edit.drop
     upstream_name = upstream.config.name
     extra_up = request_edit.extra
-    # Date and Server are the engine's to set, once (RFC 9110 6.6.1); an upstream's Alt-Svc names
-    # the upstream's own endpoints, which the gateway's clients cannot use
+    # Date and Server are the gateway's (or its engine's) to send, once (RFC 9110 6.6.1): see
+    # Exchange.start; an upstream's Alt-Svc names the upstream's own endpoints, which the gateway's
+    # clients cannot use
     drop_down = {n.decode() for n in HOP_BY_HOP | response_edit.drop} | {"date", "server", "alt-svc"}
     extra_down = response_edit.extra
+    dated = response_edit.keeps_date
     response_timeout = upstream.config.response_timeout
     too_large = body_too_large(max_body_bytes)
     balancer = upstream.balancer
@@ -195,7 +197,7 @@ def compile_proxy(
                     if name not in drop
                 ]
                 out.extend(extra_down)
-                await ex.start(response.status, out)
+                await ex.start(response.status, out, dated)
                 reader = response.body_reader
                 send = ex.send
                 ex.sent = 0

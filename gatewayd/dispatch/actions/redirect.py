@@ -44,8 +44,9 @@ def compile_redirect(spec: dict, response_edit: HeaderEdit):
     status = spec.get("status", 302)
     location = compile_location(spec)
     base = response_edit.apply([(b"content-length", b"0")])
+    dated = response_edit.keeps_date
 
     async def redirect(ex) -> None:
-        await ex.respond(status, [*base, (b"location", location(ex.params, ex.scope["query_string"]))], b"")
+        await ex.respond(status, [*base, (b"location", location(ex.params, ex.scope["query_string"]))], b"", dated)
 
     return redirect
