@@ -97,6 +97,12 @@ class Exchange:
         await self.error(reject.status, reject.error, reject.message, reject.headers)
 
     async def error(self, status: int, error: str, message: str, headers=()) -> None:
-        """A JSON error body `{"error", "message", "request_id"}`; the only shape clients see on failure."""
-        body = json.dumps({"error": error, "message": message, "request_id": self.request_id.decode("latin-1")}).encode()
+        """A JSON error body (see `error_body`); the only shape clients see on failure."""
+        body = error_body(error, message, self.request_id)
         await self.respond(status, [JSON_TYPE, (b"content-length", b"%d" % len(body)), *headers], body)
+
+
+def error_body(error: str, message: str, request_id: bytes) -> bytes:
+    """`{"error", "message", "request_id"}`: the body of every error the gateway answers, its engines'
+    refusals of a request head included where the engine lets it write them."""
+    return json.dumps({"error": error, "message": message, "request_id": request_id.decode("latin-1")}).encode()

@@ -1,8 +1,8 @@
 """Requests the gateway refuses before routing them, and its answers to them.
 
-One decision, shared by the dispatch table (which answers), `gatewayd explain` (which shows the
-answer) and the engines where they refuse a request head themselves, so that none of them can
-disagree with the others. A new refusal before routing goes into `compile_refusals`.
+One decision, shared by the dispatch table (which answers) and `gatewayd explain` (which shows the
+answer), so that they cannot disagree; and the answers where an engine refuses a request head before
+the gateway sees it (`refused_head`). A new refusal before routing goes into `compile_refusals`.
 """
 
 from __future__ import annotations
@@ -24,6 +24,16 @@ def headers_too_large(limit: int) -> Reject:
 
 def body_too_large(limit: int) -> Reject:
     return Reject(413, "body_too_large", f"the request body exceeds {limit} bytes")
+
+
+def refused_head(status: int, max_header_bytes: int) -> Reject:
+    """The answer to a request head that an engine refuses before the gateway sees it, by the status
+    the engine chose: 431 too large, 501 an unsupported Transfer-Encoding, otherwise malformed."""
+    if status == 431:
+        return headers_too_large(max_header_bytes)
+    if status == 501:
+        return Reject(501, "unsupported_transfer_encoding", "the request's Transfer-Encoding is not supported (only chunked is)")
+    return Reject(status, "bad_request", "the request is not valid HTTP")
 
 
 def read_head(headers) -> tuple[int, bytes | None, bytes | None, bytes | None]:
