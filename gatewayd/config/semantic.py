@@ -78,6 +78,7 @@ _GRANIAN_ADDS = {
     "server": "Granian adds `server: granian` to every response without a Server header",
     "date": "Granian adds a Date to every response without one",
 }
+_INSTEAD = "set it instead, or use server.engine: hypercorn"
 
 
 def _engine_header_problems(config: Config) -> list[Problem]:
@@ -88,7 +89,7 @@ def _engine_header_problems(config: Config) -> list[Problem]:
         for i, header in enumerate(policy.get("headers", {}).get("response", {}).get("remove", ())):
             if (why := _GRANIAN_ADDS.get(header.lower())) is not None:
                 where = config.marks.at(("policies", name, "headers", "response", "remove", i))
-                problems.append(Problem(where, f"{header} cannot be removed on the granian engine: {why}; set it instead, or use server.engine: hypercorn"))
+                problems.append(Problem(where, f"{header} cannot be removed on the granian engine: {why}; {_INSTEAD}"))
     return problems
 
 

@@ -110,7 +110,8 @@ def _explain(error: ValidationError, marks: Marks, secret_paths: set[Path]) -> l
         return [Problem(marks.at(path, key=True), f"{_where(error)}: missing required key {', '.join(map(repr, missing))}")]
     if _is_key(error):
         bad = error.instance
-        return [Problem(marks.at(path + (bad,), key=True), f"invalid name {bad!r} in {_where(error)}: expected {_expected(error, error.message)}")]
+        message = f"invalid name {bad!r} in {_where(error)}: expected {_expected(error, error.message)}"
+        return [Problem(marks.at(path + (bad,), key=True), message)]
     if kind in ("oneOf", "anyOf") and all(set(b) == {"required"} for b in error.validator_value):
         # "exactly one of these keys" written as branches of plain `required` lists
         options = [k for b in error.validator_value for k in b["required"]]

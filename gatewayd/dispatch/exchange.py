@@ -3,9 +3,9 @@
 All responses leave through `start`, which is where `X-Request-Id`, `Server-Timing` and `Date` are
 added, so no path (static, proxied, error) can forget them. The engines add no Date of their own where
 the gateway sends one (Hypercorn's is off, Granian adds one only to a response without), so a `headers`
-policy can set or remove it: a route whose policies do says so with `dated=False`. Server-Timing is measured from the request's
-arrival in the app (`t0`) to the moment the response start is handed to the server (`t_start`, which
-the latency statistics use too).
+policy can set or remove it: a route whose policies do says so with `dated=False`. Server-Timing is
+measured from the request's arrival in the app (`t0`) to the moment the response start is handed to
+the server (`t_start`, which the latency statistics use too).
 """
 
 from __future__ import annotations

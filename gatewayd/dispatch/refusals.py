@@ -32,7 +32,7 @@ def refused_head(status: int, max_header_bytes: int) -> Reject:
     if status == 431:
         return headers_too_large(max_header_bytes)
     if status == 501:
-        return Reject(501, "unsupported_transfer_encoding", "the request's Transfer-Encoding is not supported (only chunked is)")
+        return Reject(501, "unsupported_transfer_encoding", "the request's Transfer-Encoding is not supported")
     return Reject(status, "bad_request", "the request is not valid HTTP")
 
 
@@ -62,8 +62,9 @@ def compile_refusals(max_header_bytes: int, max_body_bytes: int):
     def refuse(scope, header_bytes: int, content_length: bytes | None) -> Reject | None:
         if header_bytes > max_header_bytes:
             return too_large_headers
-        if content_length is not None and content_length.isdigit() and (len(content_length) > 18 or int(content_length) > max_body_bytes):
-            return too_large_body
+        if content_length is not None and content_length.isdigit():
+            if len(content_length) > 18 or int(content_length) > max_body_bytes:
+                return too_large_body
         if in_early_data(scope) and scope["method"] not in SAFE_METHODS:
             return TOO_EARLY
         path = scope["path"]

@@ -453,7 +453,8 @@ def server_and_date(h3: H3Gateway, version: str, path: str) -> tuple[int, list[s
         return responses[0].status, [v for k, v in fields if k == "server"], [v for k, v in fields if k == "date"]
     url = f"{h3.gw.url}{path}" if version == "h2c" else f"{h3.https}{path}"
     http1 = version == "1.1"
-    with httpx.Client(http1=http1, http2=not http1, verify=ssl.create_default_context(cafile=h3.ca), timeout=5) as client:
+    verify = ssl.create_default_context(cafile=h3.ca)
+    with httpx.Client(http1=http1, http2=not http1, verify=verify, timeout=5) as client:
         r = client.get(url)
     assert r.http_version == ("HTTP/1.1" if http1 else "HTTP/2")
     return r.status_code, r.headers.get_list("server"), r.headers.get_list("date")
