@@ -134,7 +134,8 @@ def _start_upstream(name: str, workdir: Path) -> Upstream:
     log_path = workdir / f"upstream-{name}-{port}.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, str(UPSTREAM_SCRIPT), "--host", HOST, "--port", str(port), "--name", name],
+            # -S: without site-packages, as in a terminal where no virtual environment is active
+            [sys.executable, "-S", str(UPSTREAM_SCRIPT), "--host", HOST, "--port", str(port), "--name", name],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

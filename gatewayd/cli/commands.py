@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import sys
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from ..config.errors import ConfigError
 from ..config.load import load_bytes, read
 from ..config.validate import SCHEMA_PATH
+from ..dispatch.actions.redirect import compile_location
 from ..dispatch.compile import compile_table
+from ..dispatch.refusals import read_head
 from ..observe import Observer
 from ..routing import Found, MethodNotAllowed
 from ..runtime.status import RuntimeStatus
@@ -55,7 +57,7 @@ def check(args) -> int:
             print(p)
     if problems:
         if args.format == "text":
-            print(f"{args.file}: {len(problems)} error{'s' if len(problems) != 1 else ''}", file=sys.stderr)
+            print(f"{args.file}: {count(len(problems), 'error', 'errors')}", file=sys.stderr)
         return 1
     try:
         _table(config)  # what serving would build: a config that loads must compile
@@ -63,8 +65,18 @@ def check(args) -> int:
         print(f"{args.file}: the config is valid but could not be compiled: {exc!r}", file=sys.stderr)
         return 1
     if args.format == "text":
-        print(f"{args.file}: ok ({len(config.routes)} routes, {len(config.upstreams)} upstreams, {len(config.policies)} policies)")
+        counts = (
+            count(len(config.routes), "route", "routes"),
+            count(len(config.upstreams), "upstream", "upstreams"),
+            count(len(config.policies), "policy", "policies"),
+        )
+        print(f"{args.file}: ok ({', '.join(counts)})")
     return 0
+
+
+def count(n: int, one: str, many: str) -> str:
+    """`1 route`, `3 routes`, `0 policies`."""
+    return f"{n} {one if n == 1 else many}"
 
 
 def _table(config):
@@ -117,17 +129,23 @@ def explain(args) -> int:
     for h in args.header:
         name, _, value = h.partition(":")
         headers.append((name.strip().lower().encode(), value.strip().encode()))
-    host = next((v.decode() for n, v in headers if n == b"host"), None)
     method = args.method.upper()
-    path = parts.path or "/"
+    # the request as the engines hand it to the gateway: the path percent-decoded, the query as sent
+    path, query = unquote(parts.path or "/"), parts.query.encode()
+    size, _, host, length = read_head(headers)
     own = {o.health_path: "health", o.latency_path: "latency", o.metrics_path: "metrics"}
     own.pop(None, None)
-    if path in table.endpoints:
+    if reject := table.refuse({"method": method, "path": path, "headers": headers}, size, length):
+        out = {"result": reject.status, "error": reject.error, "message": reject.message}
+    elif path in table.endpoints:
         out = {"result": "endpoint", "message": f"{path} is the gateway's {own[path]} endpoint"}
     else:
-        result = table.router.match(method, path, host, headers, parts.query.encode())
+        result = table.router.match(method, path, host and host.decode("latin-1"), headers, query)
         if isinstance(result, Found):
             out = {"result": "match", "params": dict(result.params), "route": _describe(config, result.target)}
+            route = config.routes[result.target.index]
+            if route.action == "redirect":
+                out["location"] = compile_location(route.spec)(result.params, query).decode("latin-1")
         elif isinstance(result, MethodNotAllowed):
             out = {"result": 405, "allow": list(result.allow), "message": f"the path matches, but not for {method}"}
         else:
@@ -140,6 +158,8 @@ def explain(args) -> int:
         print(f"  params:   {json.dumps(out['params'])}")
         print(f"  policies: {', '.join(r['policies']) or '-'}")
         print(f"  action:   {r['action']} {r['target']}")
+        if "location" in out:
+            print(f"  location: {out['location']}")
     else:
         extra = f" (Allow: {', '.join(out['allow'])})" if "allow" in out else ""
         print(f"{out['result']}: {out['message']}{extra}")

@@ -8,13 +8,15 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Mapping
+from dataclasses import replace
 
 from . import model
 from .env import substitute
 from .errors import ConfigError, Location, Problem
+from .salvage import salvage
 from .semantic import check
 from .source import parse_yaml
-from .validate import invalid_paths, validate
+from .validate import validate
 
 
 def load_bytes(raw: bytes, file: str, environ: Mapping[str, str] | None = None) -> model.Config:
@@ -31,48 +33,19 @@ def load_bytes(raw: bytes, file: str, environ: Mapping[str, str] | None = None) 
     unset = {p.location for p in problems}  # a missing variable is reported once, not again by the schema
     problems += [p for p in validate(data, marks, secret_paths) if p.location not in unset]
     if problems:
-        salvaged = _salvage(data)
+        salvaged = salvage(data)
         if salvaged is not None:  # cross-check what the schema accepted, to report everything at once
-            rest, skip = salvaged
-            problems += check(model.build(rest, file, sha, marks, frozenset(secret_paths), skip_routes=skip))
+            rest, skip, policies = salvaged
+            partial = model.build(rest, file, sha, marks, frozenset(secret_paths), skip_routes=skip)
+            # policies that failed the schema still resolve, as empty bundles
+            partial = replace(partial, policies=partial.policies | {name: {} for name in policies})
+            problems += check(partial)
         raise ConfigError(problems)
     config = model.build(data, file, sha, marks, frozenset(secret_paths))
     problems = check(config)
     if problems:
         raise ConfigError(problems)
     return config
-
-
-_SECTIONS = ("server", "observability", "upstreams", "policies", "routes")
-
-
-def _salvage(data: object) -> tuple[dict, frozenset[int]] | None:
-    """The schema-valid part of a config: (data, indexes of routes left out), or None when too little is left.
-
-    Broken upstreams and policies are replaced by valid stand-ins so references to them still
-    resolve; broken routes are left out (their indexes kept, so locations stay right).
-    """
-    if not isinstance(data, dict) or not isinstance(data.get("routes"), list):
-        return None
-    rest = {k: data[k] for k in _SECTIONS if k in data} | {"version": 1}
-    skip = set()
-    for path in invalid_paths(rest):
-        section = path[0] if path else None
-        if section == "routes" and len(path) >= 2:
-            skip.add(path[1])
-        elif section == "upstreams" and len(path) >= 2:
-            rest["upstreams"] = dict(rest["upstreams"], **{path[1]: {"targets": ["http://invalid.invalid"]}})
-        elif section == "policies" and len(path) >= 2:
-            rest["policies"] = dict(rest["policies"], **{path[1]: {"headers": {}}})
-        elif section in ("server", "observability"):
-            rest.pop(section, None)
-        else:
-            return None
-    stand_in = {"match": {"path": "/"}, "respond": {}}
-    rest["routes"] = [stand_in if i in skip else r for i, r in enumerate(rest["routes"])]
-    if invalid_paths(rest):
-        return None
-    return rest, frozenset(skip)
 
 
 def read(path: str) -> bytes:

@@ -196,7 +196,7 @@ def _limits(server: dict) -> Limits:
 
 
 def build(data: dict, file: str, sha256: str, marks: Marks, secret_paths: frozenset, skip_routes=frozenset()) -> Config:
-    """`skip_routes`: indexes of routes to leave out (they failed the schema; see load._salvage)."""
+    """`skip_routes`: indexes of routes to leave out (they failed the schema; see salvage.py)."""
     server = data.get("server", {})
     obs = data.get("observability", {})
     endpoints = obs.get("endpoints", {})

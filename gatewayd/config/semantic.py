@@ -70,6 +70,7 @@ def check(config: Config) -> list[Problem]:
         problems.append(Problem(where, message))
     problems += _server_problems(config)
     problems += _policy_problems(config)
+    problems += _engine_header_problems(config)
     if config.observability.otel is not None and not otel_available():
         problems.append(Problem(at(("observability", "otel"), key=True), "OpenTelemetry export needs packages that are not installed: pip install 'gatewayd[otel]'"))
     return problems
@@ -98,6 +99,27 @@ def _policy_problems(config: Config) -> list[Problem]:
                 problems.append(Problem(at(("routes", r.index, "policies", j)), (
                     f"policy {name!r} limits per consumer, but no policy of this route authenticates one (api_key or jwt)"
                 )))  # fmt: skip
+    return problems
+
+
+# response headers Granian adds to every response without them (Hypercorn's are turned off, see
+# server/hypercorn_engine.py): a `headers` policy can set them there, not remove them
+_GRANIAN_ADDS = {
+    "server": "Granian adds `server: granian` to every response without a Server header",
+    "date": "Granian adds a Date to every response without one",
+}
+_INSTEAD = "set it instead, or use server.engine: hypercorn"
+
+
+def _engine_header_problems(config: Config) -> list[Problem]:
+    if config.server.engine != "granian":
+        return []
+    problems = []
+    for name, policy in config.policies.items():
+        for i, header in enumerate(policy.get("headers", {}).get("response", {}).get("remove", ())):
+            if (why := _GRANIAN_ADDS.get(header.lower())) is not None:
+                where = config.marks.at(("policies", name, "headers", "response", "remove", i))
+                problems.append(Problem(where, f"{header} cannot be removed on the granian engine: {why}; {_INSTEAD}"))
     return problems
 
 

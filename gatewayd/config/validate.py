@@ -40,9 +40,30 @@ def validate(data: object, marks: Marks, secret_paths: set[Path]) -> list[Proble
     return list(dict.fromkeys(problems))
 
 
-def invalid_paths(data: object) -> list[Path]:
-    """The paths of the nodes that fail the schema (for salvaging the valid rest)."""
-    return [tuple(e.absolute_path) for e in _validator().iter_errors(data)]
+def invalid_nodes(data: object) -> list[tuple[Path, tuple[str, ...]]]:
+    """Where `data` fails the schema, for salvaging the valid rest: (path of a node, the keys it does not
+    allow), with no keys when the node itself is wrong. A key it does not allow is an unknown one, or a
+    map's key that is not a valid name."""
+    nodes = []
+    for error in _validator().iter_errors(data):
+        path: Path = tuple(error.absolute_path)
+        if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+            nodes.append((path, _unknown_keys(error)))
+        elif _is_key(error):
+            nodes.append((path, (error.instance,)))
+        else:
+            nodes.append((path, ()))
+    return nodes
+
+
+def _is_key(error: ValidationError) -> bool:
+    """Whether the error is about a map's key (`propertyNames`): the instance is the key, the path the map's."""
+    return "propertyNames" in error.absolute_schema_path
+
+
+def _unknown_keys(error: ValidationError) -> tuple[str, ...]:
+    allowed = error.schema.get("properties", {})
+    return tuple(key for key in error.instance if key not in allowed)
 
 
 def did_you_mean(word: str, choices) -> str:
@@ -68,23 +89,29 @@ def _where(error: ValidationError) -> str:
     return text or "the top level"
 
 
+def _expected(error: ValidationError, otherwise: str) -> str:
+    """What the node should be: the first sentence of its description, or `otherwise`."""
+    what = error.schema.get("description", "").split(".")[0]
+    return what[0].lower() + what[1:] if what else otherwise
+
+
 def _explain(error: ValidationError, marks: Marks, secret_paths: set[Path]) -> list[Problem]:
     path: Path = tuple(error.absolute_path)
     kind = error.validator
     if kind == "additionalProperties" and isinstance(error.instance, dict):
         allowed = error.schema.get("properties", {})
         out = []
-        for key in error.instance:
-            if key not in allowed:
-                hint = did_you_mean(key, allowed) or (f"; allowed: {', '.join(sorted(allowed))}" if allowed else "")
-                out.append(Problem(marks.at(path + (key,), key=True), f"unknown key {key!r} in {_where(error)}{hint}"))
+        for key in _unknown_keys(error):
+            hint = did_you_mean(key, allowed) or (f"; allowed: {', '.join(sorted(allowed))}" if allowed else "")
+            out.append(Problem(marks.at(path + (key,), key=True), f"unknown key {key!r} in {_where(error)}{hint}"))
         return out
     if kind == "required":
         missing = [k for k in error.validator_value if k not in error.instance]
         return [Problem(marks.at(path, key=True), f"{_where(error)}: missing required key {', '.join(map(repr, missing))}")]
-    if kind == "propertyNames":
+    if _is_key(error):
         bad = error.instance
-        return [Problem(marks.at(path, key=True), f"invalid name {bad!r}: {error.schema.get('description') or error.message}")]
+        message = f"invalid name {bad!r} in {_where(error)}: expected {_expected(error, error.message)}"
+        return [Problem(marks.at(path + (bad,), key=True), message)]
     if kind in ("oneOf", "anyOf") and all(set(b) == {"required"} for b in error.validator_value):
         # "exactly one of these keys" written as branches of plain `required` lists
         options = [k for b in error.validator_value for k in b["required"]]
@@ -102,9 +129,9 @@ def _explain(error: ValidationError, marks: Marks, secret_paths: set[Path]) -> l
         hint = did_you_mean(str(error.instance), [str(v) for v in error.validator_value]) if isinstance(error.instance, str) else ""
         return [Problem(marks.at(path), f"{_where(error)}: {shown} is not one of {allowed}{hint}")]
     if kind == "pattern":
-        what = error.schema.get("description", "").split(".")[0] or f"a string matching {error.validator_value}"
         shown = _show(error.instance, path, secret_paths)
-        return [Problem(marks.at(path), f"{_where(error)}: {shown} is not valid: expected {what[0].lower() + what[1:]}")]
+        expected = _expected(error, f"a string matching {error.validator_value}")
+        return [Problem(marks.at(path), f"{_where(error)}: {shown} is not valid: expected {expected}")]
     if kind == "type":
         shown = _show(error.instance, path, secret_paths)
         expected = error.validator_value if isinstance(error.validator_value, str) else " or ".join(error.validator_value)

@@ -1,9 +1,11 @@
 """One request and its response: the ASGI callables plus what dispatch learned about the request.
 
-All responses leave through `start`, which is where `X-Request-Id` and `Server-Timing` are added,
-so no path (static, proxied, error) can forget them. Server-Timing is measured from the request's
-arrival in the app (`t0`) to the moment the response start is handed to the server (`t_start`, which
-the latency statistics use too).
+All responses leave through `start`, which is where `X-Request-Id`, `Server-Timing` and `Date` are
+added, so no path (static, proxied, error) can forget them. The engines add no Date of their own where
+the gateway sends one (Hypercorn's is off, Granian adds one only to a response without), so a `headers`
+policy can set or remove it: a route whose policies do says so with `dated=False`. Server-Timing is
+measured from the request's arrival in the app (`t0`) to the moment the response start is handed to
+the server (`t_start`, which the latency statistics use too).
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from __future__ import annotations
 import itertools
 import json
 import os
-from time import perf_counter_ns
+from email.utils import formatdate
+from time import perf_counter_ns, time
 
 JSON_TYPE = (b"content-type", b"application/json")
 _RID_PREFIX = os.urandom(5).hex().encode()
@@ -22,6 +25,17 @@ _rid_counter = itertools.count(1)
 STANDING_HEADERS: list[tuple[bytes, bytes]] = []
 # the ASGI scope extension the HTTP/3 listener sets on a request that arrived in 0-RTT early data
 EARLY_DATA = "gatewayd.early_data"
+
+
+_date = [-1, b""]  # [second, that second as an HTTP date]: formatted once a second
+
+
+def http_date() -> bytes:
+    """Now, as a Date header's value (RFC 9110 section 5.6.7)."""
+    now = int(time())
+    if _date[0] != now:
+        _date[:] = now, formatdate(now, usegmt=True).encode()
+    return _date[1]
 
 
 def in_early_data(scope) -> bool:
@@ -58,9 +72,11 @@ class Exchange:
         self.upstream = None  # the proxy's upstream name
         self.consumer = self.extra = self.stages = None
 
-    async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
-        """Send the response start; `headers` is extended in place."""
+    async def start(self, status: int, headers: list[tuple[bytes, bytes]], dated: bool = True) -> None:
+        """Send the response start; `headers` is extended in place (`dated`: with the current Date)."""
         headers.append((b"x-request-id", self.request_id))
+        if dated:
+            headers.append((b"date", http_date()))
         if STANDING_HEADERS:
             headers.extend(STANDING_HEADERS)
         if self.extra is not None:
@@ -88,9 +104,9 @@ class Exchange:
             stages = [*stages, (b"upstream", self.upstream_ns)]
         return b"".join(b", %s;dur=%.3f" % (name, ns / 1e6) for name, ns in stages)
 
-    async def respond(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+    async def respond(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, dated: bool = True) -> None:
         """A whole response in two sends; `headers` must already carry content-length."""
-        await self.start(status, headers)
+        await self.start(status, headers, dated)
         self.sent = len(body)
         await self.send({"type": "http.response.body", "body": body})
 
@@ -99,6 +115,12 @@ class Exchange:
         await self.error(404, "not_found", f"no route matches {scope['method']} {scope['path']}")
 
     async def error(self, status: int, error: str, message: str, headers=()) -> None:
-        """A JSON error body `{"error", "message", "request_id"}`; the only shape clients see on failure."""
-        body = json.dumps({"error": error, "message": message, "request_id": self.request_id.decode("latin-1")}).encode()
+        """A JSON error body (see `error_body`); the only shape clients see on failure."""
+        body = error_body(error, message, self.request_id)
         await self.respond(status, [JSON_TYPE, (b"content-length", b"%d" % len(body)), *headers], body)
+
+
+def error_body(error: str, message: str, request_id: bytes) -> bytes:
+    """`{"error", "message", "request_id"}`: the body of every error the gateway answers, its engines'
+    refusals of a request head included where the engine lets it write them."""
+    return json.dumps({"error": error, "message": message, "request_id": request_id.decode("latin-1")}).encode()

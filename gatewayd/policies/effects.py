@@ -70,6 +70,11 @@ class HeaderEdit:
         kept = tuple(h for h in self.extra if h[0] not in later.drop)
         return HeaderEdit(self.drop | later.drop, kept + later.extra)
 
+    @property
+    def keeps_date(self) -> bool:
+        """Whether the response keeps the Date the gateway adds: not when a policy removes or sets it."""
+        return b"date" not in self.drop
+
     def apply(self, headers) -> list[tuple[bytes, bytes]]:
         drop = self.drop
         out = [h for h in headers if h[0] not in drop] if drop else list(headers)

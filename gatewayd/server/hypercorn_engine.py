@@ -10,7 +10,9 @@ import logging
 import os
 from ssl import SSLError
 
+import h11
 import hypercorn.asyncio.run
+import hypercorn.protocol
 from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.asyncio.tcp_server import MAX_RECV, TCPServer
 from hypercorn.config import Config as HypercornConfig
@@ -19,14 +21,43 @@ from hypercorn.protocol.h2 import H2Protocol
 from hypercorn.protocol.h11 import H11Protocol
 
 from ..config.model import Listen, ServerConfig
+from ..dispatch.exchange import JSON_TYPE, STANDING_HEADERS, error_body, http_date, new_request_id
+from ..dispatch.refusals import refused_head
 from .sockets import bind, fastopen_wanted
 
 log = logging.getLogger("gatewayd")
 
 
+class GatewayConfig(HypercornConfig):
+    """Hypercorn's config as gatewayd runs it, over TCP and HTTP/3 alike: no access log (gatewayd.observe
+    keeps its own), errors to gatewayd's log, and no Date or Server header of its own, which it would
+    add beside any the app sends: the gateway sends Date itself (see `Exchange.start`), so that a
+    `headers` policy can set or remove both."""
 
-class _Config(HypercornConfig):
+    accesslog = None
+    errorlog = logging.getLogger("gatewayd.hypercorn")
+    include_date_header = False
+    include_server_header = False
     header_read_timeout: float = 30.0  # read by _TCPServer
+    max_header_bytes: int  # server.limits, set by serve(); read by _H11Protocol
+
+
+class _H11Protocol(H11Protocol):
+    """Hypercorn's HTTP/1.1, answering a request head it refuses itself (larger than
+    `h11_max_incomplete_size`: 431; malformed: 400; an unsupported Transfer-Encoding: 501) with the
+    gateway's JSON error, a request id and a Date, where Hypercorn sends an empty body."""
+
+    async def _send_error_response(self, status_code: int) -> None:
+        reject = refused_head(status_code, self.config.max_header_bytes)
+        request_id = new_request_id()
+        body = error_body(reject.error, reject.message, request_id)
+        headers = [
+            JSON_TYPE, (b"content-length", b"%d" % len(body)), (b"connection", b"close"),
+            (b"x-request-id", request_id), (b"date", http_date()), *STANDING_HEADERS,
+        ]  # fmt: skip
+        await self._send_h11_event(h11.Response(status_code=status_code, headers=headers))
+        await self._send_h11_event(h11.Data(data=body))
+        await self._send_h11_event(h11.EndOfMessage())
 
 
 class _TCPServer(TCPServer):
@@ -135,7 +166,7 @@ async def serve(
     `graceful_timeout` for them before returning."""
     tls = server.tls
     fastopen = fastopen_wanted(server)
-    config = _Config()
+    config = GatewayConfig()
     # Hypercorn's own `workers` shares one socket between its processes; our workers each bind
     # their own with SO_REUSEPORT (so the kernel spreads connections) and hand it over as fd://N
     fds: list[int] = []
@@ -153,6 +184,7 @@ async def serve(
     else:
         config.bind = binds
     limits = server.limits
+    config.max_header_bytes = limits.max_header_bytes
     config.h11_max_incomplete_size = limits.engine_header_bytes
     config.h2_max_header_list_size = limits.engine_header_bytes
     config.h2_max_concurrent_streams = limits.max_concurrent_streams
@@ -164,8 +196,7 @@ async def serve(
         config.keep_alive_max_requests = 1
         config.keep_alive_timeout = limits.header_read_timeout
     hypercorn.asyncio.run.TCPServer = _TCPServer  # what Hypercorn's accept callback instantiates
-    config.accesslog = None
-    config.errorlog = logging.getLogger("gatewayd.hypercorn")
+    hypercorn.protocol.H11Protocol = _H11Protocol  # what its protocol wrapper instantiates for HTTP/1.1
     config.graceful_timeout = server.shutdown_timeout
     await hypercorn_serve(_draining(app), config, shutdown_trigger=stop.wait, mode="asgi")
 

@@ -17,6 +17,7 @@ from urllib.parse import quote
 from pyreqwest.exceptions import ConnectTimeoutError, PyreqwestError, RequestTimeoutError
 
 from ..dispatch.exchange import in_early_data
+from ..dispatch.refusals import body_too_large
 from ..observe import trace
 from ..policies import HeaderEdit
 from .pool import Upstream
@@ -88,11 +89,14 @@ def compile_proxy(
     drop_up = HOP_BY_HOP | _OWN | trace.HEADERS | request_edit.drop
     upstream_name = upstream.config.name
     extra_up = request_edit.extra
-    # Date and Server are the engine's to set, once (RFC 9110 6.6.1); an upstream's Alt-Svc names
-    # the upstream's own endpoints, which the gateway's clients cannot use
+    # Date and Server are the gateway's (or its engine's) to send, once (RFC 9110 6.6.1): see
+    # Exchange.start; an upstream's Alt-Svc names the upstream's own endpoints, which the gateway's
+    # clients cannot use
     drop_down = {n.decode() for n in HOP_BY_HOP | response_edit.drop} | {"date", "server", "alt-svc"}
     extra_down = response_edit.extra
+    dated = response_edit.keeps_date
     response_timeout = upstream.config.response_timeout
+    too_large = body_too_large(max_body_bytes)
     balancer = upstream.balancer
     targets = upstream.targets
 
@@ -171,7 +175,7 @@ def compile_proxy(
                     response = await request.__aenter__()
                 ex.upstream_ns = perf_counter_ns() - sent_at
             except BodyTooLarge:  # raised through pyreqwest from _body, unwrapped
-                return await ex.error(413, "body_too_large", f"the request body exceeds {max_body_bytes} bytes")
+                return await too_large.send(ex)
             except ClientDisconnected:
                 return
             except (TimeoutError, RequestTimeoutError) as exc:
@@ -183,7 +187,7 @@ def compile_proxy(
                 if isinstance(exc.__cause__, ClientDisconnected) or "ClientDisconnected" in str(exc):
                     return
                 if isinstance(exc.__cause__, BodyTooLarge) or "BodyTooLarge" in str(exc):
-                    return await ex.error(413, "body_too_large", f"the request body exceeds {max_body_bytes} bytes")
+                    return await too_large.send(ex)
                 ex.upstream_error = "unavailable"
                 log.warning("upstream %s (%s): %s", upstream_name, targets[i].decode(), _reason(exc))
                 return await ex.error(502, "upstream_unavailable", f"upstream {upstream.config.name!r} could not be reached")
@@ -197,7 +201,7 @@ def compile_proxy(
                     if name not in drop
                 ]
                 out.extend(extra_down)
-                await ex.start(response.status, out)
+                await ex.start(response.status, out, dated)
                 reader = response.body_reader
                 send = ex.send
                 ex.sent = 0

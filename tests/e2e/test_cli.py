@@ -59,10 +59,23 @@ def sample() -> dict:
 def test_check_ok(sample):
     out = gatewayd("check", SAMPLE)
     assert out.returncode == 0, out.stderr
-    n_routes, n_upstreams, n_policies = len(sample["routes"]), len(sample["upstreams"]), len(sample["policies"])
-    assert out.stdout.strip() == (
-        f"{SAMPLE}: ok ({n_routes} routes, {n_upstreams} upstreams, {n_policies} policies)"
+    assert (len(sample["routes"]), len(sample["upstreams"]), len(sample["policies"])) == (5, 1, 1)
+    assert out.stdout.strip() == f"{SAMPLE}: ok (5 routes, 1 upstream, 1 policy)"
+
+
+def test_check_ok_counts_in_words(tmp_path):
+    path = tmp_path / "one.yaml"
+    path.write_text(
+        "version: 1\n"
+        "policies:\n"
+        "  a: {headers: {response: {set: {X-A: a}}}}\n"
+        "  b: {headers: {response: {set: {X-B: b}}}}\n"
+        "routes:\n"
+        "  - {match: {path: /}, respond: {}}\n"
     )
+    out = gatewayd("check", path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"{path}: ok (1 route, 0 upstreams, 2 policies)"
 
 
 def test_check_ok_json():
@@ -207,6 +220,32 @@ def test_explain_404():
     out = gatewayd("explain", SAMPLE, "GET", "/nope", "--format", "json")
     assert out.returncode == 1
     assert json.loads(out.stdout)["result"] == 404
+
+
+@pytest.mark.parametrize("target", ["/users/../ping", "/v1/items/./42", "/v1/items/%2E%2E"])
+def test_explain_dot_segments_get_400_as_from_the_server(target):
+    out = gatewayd("explain", SAMPLE, "GET", target)
+    assert out.returncode == 1
+    assert out.stdout.strip() == "400: the path has . or .. segments"
+    out = gatewayd("explain", SAMPLE, "GET", target, "--format", "json")
+    assert json.loads(out.stdout) == {"result": 400, "error": "bad_path", "message": "the path has . or .. segments"}
+
+
+def test_explain_limits_before_routing():
+    out = gatewayd("explain", SAMPLE, "POST", "/v1/items", "-H", "Content-Length: 10485761", "--format", "json")
+    assert out.returncode == 1
+    assert json.loads(out.stdout)["error"] == "body_too_large"
+    out = gatewayd("explain", SAMPLE, "GET", "/v1/items/42", "-H", f"X-Big: {'x' * 17000}", "--format", "json")
+    assert out.returncode == 1
+    assert json.loads(out.stdout)["result"] == 431
+
+
+def test_explain_redirect_shows_its_location_with_the_query():
+    out = gatewayd("explain", SAMPLE, "GET", "/v0/items/4%202?x=1&y=2")
+    assert out.returncode == 0, out.stderr
+    assert "  location: /v1/items/4%202?x=1&y=2" in out.stdout.splitlines()
+    out = gatewayd("explain", SAMPLE, "GET", "/v0/items/42?x=1", "--format", "json")
+    assert json.loads(out.stdout)["location"] == "/v1/items/42?x=1"
 
 
 @pytest.mark.parametrize("path", ["/health", "/latency", "/metrics"])

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import email.utils
 import ipaddress
 import json
 import shutil
@@ -199,8 +200,9 @@ class H3Gateway:
 
 
 def start(
-    factory, tls_files, demo_url: str, recorder: Recorder, quic_extra: str = "", server_extra: str = ""
+    factory, tls_files, demo_url: str, recorder: Recorder, quic_extra: str = "", server_extra: str = "", tail: str = ""
 ) -> H3Gateway:
+    """`tail`: more config text at the end (route items, then other top-level keys)."""
     port = free_tcp_udp_port()
     text = CONFIG.format(
         host=HOST,
@@ -213,7 +215,7 @@ def start(
     )
     if server_extra:
         text = text.replace("server:\n", f"server:\n{server_extra}", 1)
-    gw = factory(text)
+    gw = factory(text + textwrap.dedent(tail))
     _wait_for_http3(gw, port, workers=2 if "workers: 2" in server_extra else 1)
     return H3Gateway(gw, port, tls_files["ca"])
 
@@ -322,7 +324,8 @@ class H3Client(QuicConnectionProtocol):
 class Response:
     def __init__(self, r: dict):
         self.status = int(dict(r["headers"])[b":status"])
-        self.headers = {k.decode(): v.decode() for k, v in r["headers"] if not k.startswith(b":")}
+        self.fields = [(k.decode(), v.decode()) for k, v in r["headers"] if not k.startswith(b":")]
+        self.headers = dict(self.fields)
         self.body = r["body"]
         self.t_headers = r["t_headers"]
 
@@ -407,6 +410,82 @@ def test_client_early_data_header_is_never_forwarded(h3, recorder):
     seen = recorder.requests_to(path)
     assert len(seen) == 2
     assert all("early-data" not in headers for _, headers in seen)
+
+
+# --- Server and Date as a headers policy leaves them, over every HTTP version -----------------------------
+
+FIXED_DATE = "Mon, 01 Jan 2024 00:00:00 GMT"
+SETTING_ROUTES = """
+  - match: {path_prefix: /set}
+    policies: [set-server-and-date]
+    respond: {body: set}
+  - match: {path_prefix: /proxied-set}
+    policies: [set-server-and-date]
+    upstream: demo
+"""
+REMOVING_ROUTES = """
+  - match: {path_prefix: /removed}
+    policies: [remove-server-and-date]
+    respond: {body: removed}
+  - match: {path_prefix: /proxied-removed}
+    policies: [remove-server-and-date]
+    upstream: demo
+"""
+SETTING_POLICY = f'  set-server-and-date: {{headers: {{response: {{set: {{Server: edge, Date: "{FIXED_DATE}"}}}}}}}}\n'
+REMOVING_POLICY = "  remove-server-and-date: {headers: {response: {remove: [Server, Date]}}}\n"
+
+
+@pytest.fixture(scope="module")
+def edited(gatewayd_module, tls_files, demo, recorder, engine) -> H3Gateway:
+    """A gateway with routes whose policies set, and on Hypercorn remove, the response's Server and
+    Date (Granian adds its own to a response without them: `check` rejects removing them, see tests/golden)."""
+    removes = engine == "hypercorn"
+    routes = SETTING_ROUTES + (REMOVING_ROUTES if removes else "")
+    policies = "policies:\n" + SETTING_POLICY + (REMOVING_POLICY if removes else "")
+    return start(gatewayd_module, tls_files, demo.url, recorder, tail=routes + policies)
+
+
+def server_and_date(h3: H3Gateway, version: str, path: str) -> tuple[int, list[str], list[str]]:
+    """(status, Server values, Date values) of a GET over HTTP/1.1 or HTTP/2 on TLS, h2c, or HTTP/3."""
+    if version == "3":
+        responses, _, _, _, _ = run(h3_session(h3.port, h3.ca, [("GET", path)]))
+        fields = responses[0].fields
+        return responses[0].status, [v for k, v in fields if k == "server"], [v for k, v in fields if k == "date"]
+    url = f"{h3.gw.url}{path}" if version == "h2c" else f"{h3.https}{path}"
+    http1 = version == "1.1"
+    verify = ssl.create_default_context(cafile=h3.ca)
+    with httpx.Client(http1=http1, http2=not http1, verify=verify, timeout=5) as client:
+        r = client.get(url)
+    assert r.http_version == ("HTTP/1.1" if http1 else "HTTP/2")
+    return r.status_code, r.headers.get_list("server"), r.headers.get_list("date")
+
+
+VERSIONS = ["1.1", "2", "h2c", "3"]
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("path", ["/set", "/proxied-set/x"])
+def test_a_policy_sets_server_and_date(edited, version, path):
+    assert server_and_date(edited, version, path) == (200, ["edge"], [FIXED_DATE])
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("path", ["/removed", "/proxied-removed/x"])
+def test_a_policy_removes_server_and_date(edited, version, path, engine):
+    if engine == "granian":
+        pytest.skip("Granian adds its own Server and Date: `check` rejects removing them")
+    assert server_and_date(edited, version, path) == (200, [], [])
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("path, status", [("/static", 200), ("/demo/x", 200), ("/nowhere", 404)])
+def test_one_date_and_no_other_server_otherwise(edited, version, path, status, engine):
+    """Without a policy: one Date, the gateway's (the upstream's is dropped), and Server only where
+    Granian adds its own."""
+    got, servers, dates = server_and_date(edited, version, path)
+    assert got == status and len(dates) == 1
+    assert abs(email.utils.parsedate_to_datetime(dates[0]).timestamp() - time.time()) < 5
+    assert servers == (["granian"] if engine == "granian" and version != "3" else [])
 
 
 # --- 0-RTT with ngtcp2's client ---------------------------------------------------------------------------

@@ -300,6 +300,38 @@ def test_huge_headers_get_a_4xx_and_the_server_keeps_serving(gw, size):
     get_ok(gw)
 
 
+def _head(fields: list[tuple[str, str]]) -> bytes:
+    lines = ["GET / HTTP/1.1", f"Host: {HOST}", *(f"{name}: {value}" for name, value in fields), "", ""]
+    return "\r\n".join(lines).encode()
+
+
+# request heads an engine may refuse before the gateway sees them, and whether Granian lets the
+# gateway answer (Hypercorn always does; README, "Protocols and limits")
+REFUSED_HEADS = {
+    "100 fields of 1 KiB": (_head([(f"X-F{i}", "f" * 1024) for i in range(100)]), 431, False),
+    "one field of 64 KiB": (_head([("X-Huge", "h" * 64 * 1024)]), 431, True),
+    "a field without a colon": (f"GET / HTTP/1.1\r\nHost {HOST}\r\n\r\n".encode(), 400, False),
+}
+
+
+@pytest.mark.parametrize("case", REFUSED_HEADS)
+def test_refused_heads_get_the_gateways_json_error_where_the_engine_lets_it(gw, case):
+    head, status, on_granian = REFUSED_HEADS[case]
+    response = raw_http1(gw.port, head)
+    start, _, body = response.partition(b"\r\n\r\n")
+    lines = start.decode("latin-1").split("\r\n")
+    assert lines[0].startswith(f"HTTP/1.1 {status}"), response[:300]
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    if gw.engine == "granian" and not on_granian:
+        assert body == b""  # Granian's own answer
+    else:
+        answer = json.loads(body)
+        assert answer["error"] == ("headers_too_large" if status == 431 else "bad_request")
+        assert answer["request_id"] == headers["x-request-id"]
+        assert headers["content-type"] == "application/json" and "date" in headers
+    get_ok(gw)
+
+
 # --- header_read_timeout and keep_alive_timeout -------------------------------------------------
 
 

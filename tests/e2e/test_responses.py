@@ -4,9 +4,11 @@ Server-Timing and X-Request-Id headers every response carries, seen by httpx and
 from __future__ import annotations
 
 import http.client
+import json
 import re
 import shutil
 import subprocess
+import sys
 
 import httpx
 import pytest
@@ -304,3 +306,28 @@ def test_dot_segments_get_400(gw, path):
     body = r.read()
     conn.close()
     assert r.status == 400 and b"bad_path" in body
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["/a/../b", "/old/%2e%2e/x", "/old/42?a=1&b=x+y", "/old-q/7?x=1", "/old-noq/7?x=1", "/go?q=1", "/nope", "/writes"],
+)
+def test_explain_answers_as_the_server(gw, target):
+    """`gatewayd explain` on the gateway's own config gives the status (or, for a redirect, the Location) it sends."""
+    out = subprocess.run(
+        [sys.executable, "-m", "gatewayd", "explain", str(gw.config_path), "GET", target, "--format", "json"],
+        capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    explained = json.loads(out.stdout)
+    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
+    conn.request("GET", target)
+    r = conn.getresponse()
+    body = r.read()
+    conn.close()
+    if explained["result"] == "match":
+        assert r.getheader("location") == explained["location"]
+        assert explained["route"]["target"].startswith(f"{r.status} ")
+    else:
+        assert r.status == explained["result"], body
+        if "error" in explained:
+            assert json.loads(body)["error"] == explained["error"]

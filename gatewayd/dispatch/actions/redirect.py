@@ -14,28 +14,39 @@ def placeholders(to: str) -> list[str]:
     return PLACEHOLDER.findall(to)
 
 
-def compile_redirect(spec: dict, response_edit: HeaderEdit):
-    status = spec.get("status", 302)
+def compile_location(spec: dict):
+    """`location(params, query_string) -> bytes`: the Location a redirect sends, built from pieces made
+    once; `gatewayd explain` shows it too."""
     keep_query = spec.get("keep_query", True)
     # "https://x/{id}/y" -> literal pieces and param names, alternating
     pieces = PLACEHOLDER.split(spec["to"])
     literals = [p.encode() for p in pieces[0::2]]
     names = pieces[1::2]
-    base = response_edit.apply([(b"content-length", b"0")])
     joiner = b"&" if b"?" in b"".join(literals) else b"?"
 
-    async def redirect(ex) -> None:
+    def location(params: dict[str, str], query_string: bytes) -> bytes:
         if names:
-            params = ex.params
             parts = [literals[0]]
             for name, literal in zip(names, literals[1:]):
                 parts.append(quote(params.get(name, ""), safe="").encode())
                 parts.append(literal)
-            location = b"".join(parts)
+            to = b"".join(parts)
         else:
-            location = literals[0]
-        if keep_query and (qs := ex.scope["query_string"]):
-            location = location + joiner + qs
-        await ex.respond(status, [*base, (b"location", location)], b"")
+            to = literals[0]
+        if keep_query and query_string:
+            to = to + joiner + query_string
+        return to
+
+    return location
+
+
+def compile_redirect(spec: dict, response_edit: HeaderEdit):
+    status = spec.get("status", 302)
+    location = compile_location(spec)
+    base = response_edit.apply([(b"content-length", b"0")])
+    dated = response_edit.keeps_date
+
+    async def redirect(ex) -> None:
+        await ex.respond(status, [*base, (b"location", location(ex.params, ex.scope["query_string"]))], b"", dated)
 
     return redirect

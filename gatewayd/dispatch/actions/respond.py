@@ -25,8 +25,9 @@ def compile_respond(spec: dict, response_edit: HeaderEdit):
     else:
         headers.append((b"content-length", b"%d" % len(body)))
     frozen = tuple(headers)
+    dated = response_edit.keeps_date
 
     async def respond(ex) -> None:
-        await ex.respond(status, list(frozen), body)
+        await ex.respond(status, list(frozen), body, dated)
 
     return respond

@@ -40,11 +40,11 @@ from aioquic.quic.packet import (
 from hypercorn.app_wrappers import ASGIWrapper
 from hypercorn.asyncio.task_group import TaskGroup
 from hypercorn.asyncio.worker_context import WorkerContext
-from hypercorn.config import Config as HypercornConfig
 
 from ...config.model import QuicConfig, ServerConfig
 from ...dispatch import exchange
 from ...store import HostStore
+from ..hypercorn_engine import GatewayConfig
 from ..sockets import bind
 from .early_data import EarlyDataH3
 from .tickets import TicketStore
@@ -71,9 +71,7 @@ async def serve(app, store: HostStore, server: ServerConfig, stop: asyncio.Event
     quic_config = QuicConfiguration(alpn_protocols=H3_ALPN, is_client=False)
     quic_config.load_cert_chain(server.tls.cert, server.tls.key)
     tickets = TicketStore(store) if quic.early_data != "off" else None
-    hconfig = HypercornConfig()
-    hconfig.accesslog = None
-    hconfig.errorlog = logging.getLogger("gatewayd.hypercorn")
+    hconfig = GatewayConfig()
     context = WorkerContext(None)
     sockets: list[socket.socket] = []
     try:
