@@ -251,3 +251,78 @@ def test_writes_are_visible_across_processes(tmp_path):
     assert _run(ctx, _exchange, (str(tmp_path),)) == [b"hello child"]
     assert store.get(b"from/child") == b"hello parent"
     store.close()
+
+
+# --- token buckets (`draw`) ----------------------------------------------------------------------
+
+RATE = 10.0  # tokens a second, in the bucket tests
+
+
+def test_draw_starts_full_and_grants_whole_tokens(store, clock):
+    assert store.draw([(b"ratelimit/a", 3, RATE, 5.0)]) == [(3, 2.0)]
+    assert store.draw([(b"ratelimit/a", 3, RATE, 5.0)]) == [(2, 0.0)]
+    assert store.draw([(b"ratelimit/a", 1, RATE, 5.0)]) == [(0, 0.0)]
+    clock.now += 0.26  # 2.6 tokens accrue: two are granted, the rest stays
+    [(granted, left)] = store.draw([(b"ratelimit/a", 5, RATE, 5.0)])
+    assert granted == 2 and left == pytest.approx(0.6, abs=1e-4)
+
+
+def test_draw_refills_up_to_capacity_and_a_full_bucket_leaves_no_entry(store, clock):
+    store.draw([(b"ratelimit/b", 5, RATE, 5.0)])
+    assert len(store.scan(b"ratelimit/")) == 1
+    clock.now += 0.5  # exactly full again: the entry has expired
+    assert store.scan(b"ratelimit/") == []
+    clock.now += 100
+    assert store.draw([(b"ratelimit/b", 9, RATE, 5.0)]) == [(5, 0.0)]
+
+
+def test_draw_gives_back_up_to_capacity(store, clock):
+    store.draw([(b"ratelimit/c", 4, RATE, 5.0)])
+    assert store.draw([(b"ratelimit/c", -3, RATE, 5.0)]) == [(-3, 4.0)]
+    assert store.draw([(b"ratelimit/c", -3, RATE, 5.0)]) == [(-3, 5.0)]
+    assert store.scan(b"ratelimit/") == []  # full: nothing kept
+
+
+def test_draw_settles_a_batch_of_buckets_at_once(store, clock):
+    items = [(b"ratelimit/x", 2, RATE, 3.0), (b"ratelimit/y", 7, 1.0, 4.0), (b"ratelimit/x", 2, RATE, 3.0)]
+    assert store.draw(items) == [(2, 1.0), (4, 0.0), (1, 0.0)]
+    assert [k for k, _ in store.scan(b"ratelimit/")] == [b"ratelimit/x", b"ratelimit/y"]
+
+
+def test_draw_counts_a_clock_gone_back_as_no_time(store, clock):
+    store.draw([(b"ratelimit/d", 5, RATE, 5.0)])
+    clock.now -= 60
+    assert store.draw([(b"ratelimit/d", 5, RATE, 5.0)]) == [(0, 0.0)]
+    clock.now += 0.15
+    [(granted, left)] = store.draw([(b"ratelimit/d", 5, RATE, 5.0)])
+    assert granted == 1 and left == pytest.approx(0.5, abs=1e-4)
+
+
+def test_draw_refuses_keys_beyond_lmdb_limit(tmp_path):
+    store = LMDBStore(str(tmp_path), map_size=1 << 20)
+    with pytest.raises(ValueError):
+        store.draw([(b"r" * (MAX_KEY_BYTES + 1), 1, RATE, 1.0)])
+    store.close()
+
+
+DRAWERS = 4
+BUCKET_TOKENS = 300
+DRAWS = 1000  # per process: the bucket runs dry while they draw
+
+
+def _draw_all(state_dir: str, start, results) -> None:
+    store = open_host_store(state_dir, map_size=8 << 20)
+    start.wait(timeout=JOIN_TIMEOUT_S)
+    got = 0
+    for _ in range(DRAWS):  # one token at a time, with a second key in each batch
+        items = [(b"ratelimit/shared", 1, 1e-6, float(BUCKET_TOKENS)), (b"ratelimit/other", 1, 1e-6, 1.0)]
+        got += store.draw(items)[0][0]
+    results.put(got)
+    store.close()
+
+
+def test_concurrent_draws_across_processes_grant_each_token_once(tmp_path):
+    ctx = multiprocessing.get_context("spawn")
+    start = ctx.Barrier(DRAWERS)
+    granted = _run(ctx, _draw_all, *[(str(tmp_path), start) for _ in range(DRAWERS)])
+    assert sum(granted) == BUCKET_TOKENS, granted

@@ -12,8 +12,8 @@ never) and the value; database `expiry` indexes the entries that have one by exp
 that each `put` purges a few of the oldest expired entries cheaply; database `meta` counts the
 bytes stored, which `put` keeps under a `HEADROOM`th of the map so that deleting (which takes free
 pages too) always can. The wall clock, because an entry may outlive the process that wrote it.
-Writers take LMDB's one write lock, which makes `take` atomic across processes; readers never
-wait. Nothing is flushed to disk: the contents are disposable (after a machine crash the folder
+Writers take LMDB's one write lock, which makes `take` atomic across processes, and `draw` too: it
+settles a whole batch of token buckets (rate limits) in one write transaction; readers never wait. Nothing is flushed to disk: the contents are disposable (after a machine crash the folder
 should be emptied rather than trusted), and a folder on tmpfs spares the disk the write-back.
 """
 
@@ -25,7 +25,7 @@ import time
 
 import lmdb
 
-from .base import StoreFull
+from .base import StoreFull, take_tokens
 
 FILE_NAME = "host-store.lmdb"
 MAX_KEY_BYTES = 511 - 8  # LMDB's key limit, less the expiry prefix of the index
@@ -77,17 +77,58 @@ class LMDBStore:
 
     def _write(self, key: bytes, record: bytes, now: int) -> None:
         with self._env.begin(write=True) as txn:
-            used = self._used(txn) - self._purge(txn, now, PURGE_PER_PUT)[1] + _footprint(key, record)
+            used = self._used(txn) - self._purge(txn, now, PURGE_PER_PUT)[1]
+            self._commit_used(txn, self._replace(txn, key, record, used))
+
+    def _replace(self, txn, key: bytes, record: bytes | None, used: int) -> int:
+        """Set `key` to `record` (None: delete it) with its index entry; the bytes used after."""
+        if record is None:
+            old = txn.pop(key, db=self._kv)
+        else:
             old = txn.replace(key, record, db=self._kv)
-            if old is not None:
-                used -= _footprint(key, old)
-                if not old.startswith(_NEVER):
-                    txn.delete(old[:_U64.size] + key, db=self._expiry)
-            if used > self._capacity:
-                raise StoreFull(f"the host store holds up to {self._capacity} bytes, this entry makes {used}")
+            used += _footprint(key, record)
             if not record.startswith(_NEVER):
                 txn.put(record[:_U64.size] + key, b"", db=self._expiry)
-            txn.put(b"used", _U64.pack(used), db=self._meta)
+        if old is not None:
+            used -= _footprint(key, old)
+            if not old.startswith(_NEVER) and (record is None or old[:_U64.size] != record[:_U64.size]):
+                txn.delete(old[:_U64.size] + key, db=self._expiry)
+        return used
+
+    def _commit_used(self, txn, used: int) -> None:
+        """Record the bytes used, or abort the transaction (by raising StoreFull) when they are too many."""
+        if used > self._capacity:
+            raise StoreFull(f"the host store holds up to {self._capacity} bytes, this write makes {used}")
+        txn.put(b"used", _U64.pack(used), db=self._meta)
+
+    def draw(self, items) -> list[tuple[int, float]]:
+        """All the buckets in one write transaction: the cost of one `put` (~15 µs) for a whole batch."""
+        for key, *_ in items:
+            if not 0 < len(key) <= MAX_KEY_BYTES:
+                raise ValueError(f"a key must have 1 to {MAX_KEY_BYTES} bytes, not {len(key)}")
+        try:
+            return self._draw(items)
+        except (StoreFull, lmdb.MapFullError):
+            try:
+                self._purge_all(self._now())
+                return self._draw(items)
+            except lmdb.MapFullError:
+                raise StoreFull(f"no room in the host store's map for {len(items)} token buckets") from None
+
+    def _draw(self, items) -> list[tuple[int, float]]:
+        out = []
+        with self._env.begin(write=True) as txn:
+            now = self._now()  # read holding the write lock, so that the processes' stamps never go back
+            seconds = now / 1e9
+            used = self._used(txn) - self._purge(txn, now, PURGE_PER_PUT)[1]
+            for key, want, rate, capacity in items:
+                state = self._value(txn.get(key, db=self._kv), now)
+                granted, left, state, ttl = take_tokens(state, seconds, want, rate, capacity)
+                record = None if state is None else _U64.pack(max(1, now + int(ttl * 1e9))) + state
+                used = self._replace(txn, key, record, used)
+                out.append((granted, left))
+            self._commit_used(txn, used)
+        return out
 
     def _used(self, txn) -> int:
         used = txn.get(b"used", db=self._meta)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+from .base import take_tokens
+
 
 class MemoryStore:
     def __init__(self, clock=time.monotonic):
@@ -35,6 +37,19 @@ class MemoryStore:
     def scan(self, prefix: bytes) -> list[tuple[bytes, bytes]]:
         keys = sorted(k for k in self._data if k.startswith(prefix))
         return [(k, v) for k in keys if (v := self._live(k)) is not None]
+
+    def draw(self, items) -> list[tuple[int, float]]:
+        now = self._clock()
+        data = self._data
+        out = []
+        for key, want, rate, capacity in items:
+            granted, left, state, ttl = take_tokens(self._live(key), now, want, rate, capacity)
+            if state is None:
+                data.pop(key, None)
+            else:
+                data[key] = (state, now + ttl)
+            out.append((granted, left))
+        return out
 
     def close(self) -> None:
         self._data.clear()
