@@ -27,7 +27,7 @@ MARK = "# expect: "
 def _actual(path: Path) -> list[str]:
     raw = path.read_bytes()
     try:
-        load_bytes(raw, path.name, environ=ENVIRON)
+        load_bytes(raw, str(path), environ=ENVIRON)
     except ConfigError as exc:
         return [f"{p.location.line}:{p.location.column}: {p.severity}: {p.message}" for p in exc.problems]
     return []

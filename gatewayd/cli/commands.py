@@ -13,6 +13,7 @@ from ..dispatch.actions.redirect import compile_location
 from ..dispatch.compile import compile_table
 from ..dispatch.refusals import read_head
 from ..observe import Observer
+from ..policies import run_order
 from ..routing import Found, MethodNotAllowed
 from ..runtime.status import RuntimeStatus
 from ..store import MemoryStore
@@ -93,6 +94,7 @@ def _describe(config, route) -> dict:
         "line": config.marks.at(("routes", route.index)).line,
         "match": m,
         "policies": list(route.policies),
+        "runs": [f"{kind} ({name})" for kind, name in run_order(config.policies, route.policies)],
         "action": route.action_kind,
         "target": route.target,
     }
@@ -157,6 +159,8 @@ def explain(args) -> int:
         print(f"route {r['index']} {r['name']!r} (line {r['line']})")
         print(f"  params:   {json.dumps(out['params'])}")
         print(f"  policies: {', '.join(r['policies']) or '-'}")
+        if r["runs"]:
+            print(f"  runs:     {' -> '.join(r['runs'])}")
         print(f"  action:   {r['action']} {r['target']}")
         if "location" in out:
             print(f"  location: {out['location']}")

@@ -17,14 +17,15 @@ from .auth import auth_step
 from .context import CompileContext
 from .effects import AUTH, PHASE_NAMES, Effects, HeaderEdit, Reject, Reply
 
-# kind name in gateway.yaml -> its module in this package
+# kind name in gateway.yaml -> its module in this package, in the order a route's kinds take effect
+# (the phases of effects.py; `headers` edits the request the action sends and its response)
 KINDS = {
-    "headers": "headers",
     "cors": "cors",
     "api_key": "api_key",
     "jwt": "jwt_token",
     "rate_limit": "rate_limit",
     "validate": "validate",
+    "headers": "headers",
 }
 
 
@@ -51,6 +52,13 @@ def policy_problems(spec: dict, ctx: CompileContext) -> list[tuple[tuple, str]]:
     return found
 
 
+def run_order(policies: dict, names) -> list[tuple[str, str]]:
+    """(kind, policy name) of a route's policies `names`, in the order they take effect."""
+    order = list(KINDS)
+    found = [(kind, name) for name in names for kind in policies.get(name, {})]
+    return sorted(found, key=lambda pair: order.index(pair[0]))
+
+
 def route_steps(effects: Effects) -> tuple[tuple, tuple]:
     """A route's request steps in phase order, and the phase name of each (for detailed Server-Timing)."""
     steps = list(effects.steps)
@@ -60,4 +68,4 @@ def route_steps(effects: Effects) -> tuple[tuple, tuple]:
     return tuple(step for _, step in steps), tuple(PHASE_NAMES[phase] for phase, _ in steps)
 
 
-__all__ = ["CompileContext", "Effects", "HeaderEdit", "Reject", "Reply", "KINDS", "compile_policy", "policy_problems", "route_steps"]
+__all__ = ["CompileContext", "Effects", "HeaderEdit", "Reject", "Reply", "KINDS", "compile_policy", "policy_problems", "route_steps", "run_order"]

@@ -59,8 +59,8 @@ def sample() -> dict:
 def test_check_ok(sample):
     out = gatewayd("check", SAMPLE)
     assert out.returncode == 0, out.stderr
-    assert (len(sample["routes"]), len(sample["upstreams"]), len(sample["policies"])) == (5, 1, 1)
-    assert out.stdout.strip() == f"{SAMPLE}: ok (5 routes, 1 upstream, 1 policy)"
+    assert (len(sample["routes"]), len(sample["upstreams"]), len(sample["policies"])) == (5, 1, 4)
+    assert out.stdout.strip() == f"{SAMPLE}: ok (5 routes, 1 upstream, 4 policies)"
 
 
 def test_check_ok_counts_in_words(tmp_path):
@@ -149,7 +149,7 @@ def test_routes_json(sample):
     by_name = {r["name"]: r for r in rows}
     assert by_name["items"]["action"] == "upstream"
     assert by_name["items"]["target"] == "items"
-    assert by_name["items"]["policies"] == ["api-headers"]
+    assert by_name["items"]["policies"] == ["browser", "keyed", "typed-item", "api-headers"]
     assert by_name["items"]["match"] == {"path": "/v1/items/{id}", "methods": ["GET", "PUT", "DELETE"]}
     assert by_name["legacy-items"]["action"] == "redirect"
     # `line` points at the route's entry in the file
@@ -173,6 +173,8 @@ def test_explain_match():
     assert "'items'" in out.stdout
     assert '{"id": "42"}' in out.stdout
     assert "upstream items" in out.stdout
+    # the route's policy kinds in the order they run, whatever the order the route lists them in
+    assert "runs:     cors (browser) -> api_key (keyed) -> rate_limit (keyed) -> validate (typed-item) -> headers (api-headers)" in out.stdout
 
 
 def test_explain_match_json():
@@ -183,6 +185,7 @@ def test_explain_match_json():
     assert result["params"] == {"id": "42"}
     assert result["route"]["name"] == "items"
     assert result["route"]["action"] == "upstream"
+    assert result["route"]["runs"][:2] == ["cors (browser)", "api_key (keyed)"]
 
 
 @pytest.mark.parametrize(
