@@ -488,6 +488,58 @@ def test_one_date_and_no_other_server_otherwise(edited, version, path, status, e
     assert servers == (["granian"] if engine == "granian" and version != "3" else [])
 
 
+# --- policies over every HTTP version ---------------------------------------------------------------------
+
+POLICY_KEY = "every-version-key-01"
+POLICY_ORIGIN = "https://app.example.com"
+POLICED = f"""
+  - match: {{path_prefix: /policed}}
+    policies: [guarded]
+    upstream: demo
+policies:
+  guarded:
+    cors: {{origins: ["{POLICY_ORIGIN}"], headers: [Authorization]}}
+    api_key: {{keys: [{{id: acme, key: {POLICY_KEY}}}]}}
+    rate_limit: {{limit: 1000, per: 1s, burst: 1000, key: consumer}}
+    validate: {{required_query: [v]}}
+"""
+
+
+@pytest.fixture(scope="module")
+def policed(gatewayd_module, tls_files, demo, recorder) -> H3Gateway:
+    return start(gatewayd_module, tls_files, demo.url, recorder, tail=POLICED)
+
+
+def exchange(h3: H3Gateway, version: str, method: str, path: str, headers: dict) -> tuple[int, dict, bytes]:
+    """(status, headers, body) of one request over HTTP/1.1 or HTTP/2 on TLS, h2c, or HTTP/3."""
+    if version == "3":
+        fields = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+        responses, _, _, _, _ = run(h3_session(h3.port, h3.ca, [(method, path, b"", fields)]))
+        return responses[0].status, responses[0].headers, responses[0].body
+    url = f"{h3.gw.url}{path}" if version == "h2c" else f"{h3.https}{path}"
+    http1 = version == "1.1"
+    with httpx.Client(http1=http1, http2=not http1, verify=ssl.create_default_context(cafile=h3.ca), timeout=5) as client:
+        r = client.request(method, url, headers=headers)
+    return r.status_code, dict(r.headers), r.content
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_policies_answer_alike_over_every_version(policed, version):
+    origin = {"Origin": POLICY_ORIGIN}
+    status, headers, _ = exchange(policed, version, "OPTIONS", "/policed/x", {**origin, "Access-Control-Request-Method": "GET"})
+    assert status == 204 and headers["access-control-allow-origin"] == POLICY_ORIGIN
+    status, headers, body = exchange(policed, version, "GET", "/policed/x?v=1", origin)
+    assert status == 401 and json.loads(body)["error"] == "unauthorized"
+    assert headers["access-control-allow-origin"] == POLICY_ORIGIN and "www-authenticate" in headers
+    key = {**origin, "Authorization": f"Bearer {POLICY_KEY}"}
+    status, headers, body = exchange(policed, version, "GET", "/policed/x", key)
+    assert status == 400 and json.loads(body)["errors"]
+    status, headers, body = exchange(policed, version, "GET", "/policed/x?v=1", key)
+    assert status == 200, body
+    assert json.loads(body)["headers"]["x-consumer-id"] == "acme"
+    assert "ratelimit" in headers and "ratelimit-policy" in headers
+
+
 # --- 0-RTT with ngtcp2's client ---------------------------------------------------------------------------
 
 
