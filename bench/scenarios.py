@@ -79,6 +79,32 @@ NGINX_KEYED = """
 """
 
 
+def nginx_proxy(check: str, extra: str = "") -> str:
+    """nginx proxying /v1/items/{id} as gatewayd does, after `check` (directives that may refuse)."""
+    return """
+upstream items {
+    server 127.0.0.1:@UPSTREAM_PORT@;
+    keepalive 64;
+}
+server {
+    @LISTEN@
+    location ~ ^/v1/items/[^/]+$ {
+@CHECK@
+        proxy_pass http://items;
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        # the request headers gatewayd adds on the way up
+        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        proxy_set_header X-Forwarded-Proto $scheme;
+        proxy_set_header X-Forwarded-Host $http_host;
+        proxy_set_header Via "1.1 nginx";
+        proxy_set_header X-Request-Id $request_id;
+        @EXTRA@
+    }
+}
+""".replace("@CHECK@", check.rstrip("\n")).replace("@EXTRA@", extra)
+
+
 SCENARIOS: list[Scenario] = [
     Scenario(
         name="static",
@@ -116,27 +142,7 @@ routes:
   - match: {path: "/v1/items/{id}", methods: [GET], headers: {authorization: "Bearer k1"}}
     upstream: items
 """,
-        nginx="""
-upstream items {
-    server 127.0.0.1:@UPSTREAM_PORT@;
-    keepalive 64;
-}
-server {
-    @LISTEN@
-    location ~ ^/v1/items/[^/]+$ {
-        if ($http_authorization != "Bearer k1") { return 404; }
-        proxy_pass http://items;
-        proxy_http_version 1.1;
-        proxy_set_header Connection "";
-        # the request headers gatewayd adds on the way up
-        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-        proxy_set_header X-Forwarded-Proto $scheme;
-        proxy_set_header X-Forwarded-Host $http_host;
-        proxy_set_header Via "1.1 nginx";
-        proxy_set_header X-Request-Id $request_id;
-    }
-}
-""",
+        nginx=nginx_proxy('        if ($http_authorization != "Bearer k1") { return 404; }'),
         expect_json={"id": "42"},
     ),
     Scenario(
@@ -181,28 +187,7 @@ upstreams:
 routes:
   - {match: {path: "/v1/items/{id}", methods: [GET]}, policies: [keyed], upstream: items}
 """,
-        nginx=NGINX_POLICIES + """
-upstream items {
-    server 127.0.0.1:@UPSTREAM_PORT@;
-    keepalive 64;
-}
-server {
-    @LISTEN@
-    location ~ ^/v1/items/[^/]+$ {
-@KEYED@
-        proxy_pass http://items;
-        proxy_http_version 1.1;
-        proxy_set_header Connection "";
-        # the request headers gatewayd adds on the way up
-        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-        proxy_set_header X-Forwarded-Proto $scheme;
-        proxy_set_header X-Forwarded-Host $http_host;
-        proxy_set_header Via "1.1 nginx";
-        proxy_set_header X-Request-Id $request_id;
-        proxy_set_header X-Consumer-Id $consumer;
-    }
-}
-""".replace("@KEYED@", NGINX_KEYED),
+        nginx=NGINX_POLICIES + nginx_proxy(NGINX_KEYED, "proxy_set_header X-Consumer-Id $consumer;"),
         expect_json={"id": "42"},
     ),
 ]
