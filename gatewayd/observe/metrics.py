@@ -18,7 +18,9 @@ index). A restarted worker starts its series at 0 again, which Prometheus reads 
 so `sum(rate(...))` stays right; a dead worker's series go away a few seconds after it. This was
 chosen over prometheus_client's multiprocess mode, which needs an environment variable set before
 import, a file per process and metric, and locking increments on the request path; here the request
-path only appends to a list (see `observer.py`).
+path only writes a few numbers into columns, which the observer folds into these counters in
+batches (see `recorder.py` and `observer.py`). A counter of a policy's own (`inc` on the request
+path) is a dict update; the same numbers folded in a batch are cheaper still.
 
 The latency histograms (`gatewayd_request_server_seconds`, `gatewayd_request_duration_seconds`,
 `gatewayd_upstream_response_seconds`) are derived from the workers' since-start sketches
