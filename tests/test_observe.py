@@ -661,3 +661,19 @@ def test_spans_are_sampled_at_record_time_and_bounded(monkeypatch):
     assert len(observer.recorder.spans) == 10 and observer.recorder.dropped_spans > 0
     observer.fold()
     assert len(export.made) == 10 and observer.recorder.spans == []
+
+
+def test_record_false_records_nothing_and_says_so(tmp_path):
+    observer = Observer(MemoryStore(), RuntimeStatus(), registry=metrics.Registry())
+    text = CONFIG.format(access="public").replace("observability:\n", "observability:\n  record: false\n")
+    table = table_for(text, tmp_path, observer)
+    for _ in range(3):
+        assert call(table, "/hello")[0] == 200
+    assert call(table, "/nothing")[0] == 404
+    doc = json.loads(call(table, "/latency")[2])
+    assert doc["recording"] is False and doc["overall"]["since_start"]["count"] == 0
+    families = {f.name: f for f in text_string_to_metric_families(call(table, "/metrics")[2].decode())}
+    assert [s.value for s in families["gatewayd_recording"].samples] == [0]
+    on = table_for(CONFIG.format(access="public"), tmp_path, Observer(MemoryStore(), RuntimeStatus(), registry=metrics.Registry()))
+    call(on, "/hello")
+    assert json.loads(call(on, "/latency")[2])["recording"] is True

@@ -161,6 +161,14 @@ class _Collector:
             failures.add_metric([w["worker"]], w.get("reload_failures", 0))
         yield generation
         yield failures
+        recording = GaugeMetricFamily(
+            "gatewayd_recording",
+            "1 when the worker records requests, 0 with observability.record: false (its request counts and latency then stay at 0).",
+            labels=("worker",),
+        )
+        for w in workers:
+            recording.add_metric([w["worker"]], 1 if w.get("recording", True) else 0)
+        yield recording
         names: dict[str, dict] = {}
         for w in workers:
             for name, c in w.get("counters", {}).items():
