@@ -677,3 +677,18 @@ def test_record_false_records_nothing_and_says_so(tmp_path):
     on = table_for(CONFIG.format(access="public"), tmp_path, Observer(MemoryStore(), RuntimeStatus(), registry=metrics.Registry()))
     call(on, "/hello")
     assert json.loads(call(on, "/latency")[2])["recording"] is True
+
+
+@pytest.mark.parametrize("request_id", [b"plain-id", b'we"ird\\\x01\xff id'])
+def test_error_bodies_are_what_json_dumps_writes(request_id):
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    ex = Exchange(scope(), None, send, perf_counter_ns(), request_id, True)
+    message = 'no route matches GET /caf\u00e9/"x"\n\u2028'
+    asyncio.run(ex.error(404, "not_found", message, ((b"x-extra", b"1"),)))
+    body = sent[1]["body"]
+    assert body == json.dumps({"error": "not_found", "message": message, "request_id": request_id.decode("latin-1")}).encode()
+    assert dict(sent[0]["headers"])[b"content-length"] == b"%d" % len(body) and sent[0]["status"] == 404

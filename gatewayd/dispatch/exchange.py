@@ -9,11 +9,14 @@ the latency statistics use too).
 from __future__ import annotations
 
 import itertools
-import json
 import os
+from json.encoder import encode_basestring_ascii
 from time import perf_counter_ns
 
 JSON_TYPE = (b"content-type", b"application/json")
+# a str as a JSON string literal, quoted, non-ASCII and control characters escaped (json's C
+# function: what `json.dumps` writes, without encoding a whole dict per error)
+_json_str = encode_basestring_ascii
 _RID_PREFIX = os.urandom(5).hex().encode()
 _rid_counter = itertools.count(1)
 
@@ -99,6 +102,12 @@ class Exchange:
         await self.error(404, "not_found", f"no route matches {scope['method']} {scope['path']}")
 
     async def error(self, status: int, error: str, message: str, headers=()) -> None:
-        """A JSON error body `{"error", "message", "request_id"}`; the only shape clients see on failure."""
-        body = json.dumps({"error": error, "message": message, "request_id": self.request_id.decode("latin-1")}).encode()
+        """A JSON error body `{"error", "message", "request_id"}`; the only shape clients see on failure.
+
+        `error` is one of the gateway's own codes (letters and `_`), written as it is; the message
+        (which may quote the request's method and path) and the request id (maybe the client's) are
+        escaped."""
+        body = b'{"error": "%s", "message": %s, "request_id": %s}' % (
+            error.encode(), _json_str(message).encode(), _json_str(self.request_id.decode("latin-1")).encode()
+        )
         await self.respond(status, [JSON_TYPE, (b"content-length", b"%d" % len(body)), *headers], body)
