@@ -72,9 +72,10 @@ class Point:
     @property
     def under_load_ms(self) -> tuple[float, float] | None:
         """Median over the rounds of gatewayd's own server-time p50 and p99 during the load."""
-        if not self.load_server_ms:
+        values = [v for v in self.load_server_ms if None not in v]
+        if not values:
             return None
-        return statistics.median(v[0] for v in self.load_server_ms), statistics.median(v[1] for v in self.load_server_ms)
+        return statistics.median(v[0] for v in values), statistics.median(v[1] for v in values)
 
     @property
     def client_cores(self) -> float | None:
