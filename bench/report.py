@@ -45,6 +45,7 @@ class Point:
     server_timings_ms: list[float] = field(default_factory=list)  # gatewayd only, sampled sequentially
     load_server_ms: list[tuple[float, float]] = field(default_factory=list)  # gatewayd's /latency (p50, p99) per round
     not_found_timings_ms: list[float] = field(default_factory=list)  # gatewayd: Server-Timing of a 404, sequential
+    cpu_us: list[float] = field(default_factory=list)  # gatewayd over HTTP/1.1: its CPU µs per response, per round
 
     def median(self, attr: str) -> float | None:
         values = [v for r in self.rounds if (v := getattr(r, attr)) is not None]
@@ -255,7 +256,8 @@ def us(values: list[float]) -> str:
 
 def recording_table(groups: list[Group]) -> str:
     """HTTP/1.1, `--compare-recording`: each gatewayd with recording on next to the same with it off."""
-    header = ["scenario", "workers", "c", "req/s on", "req/s off", "on ÷ off", "on ÷ off per round", "p50 ms on / off",
+    header = ["scenario", "workers", "c", "req/s on", "req/s off", "on ÷ off", "on ÷ off per round",
+              "CPU µs per request on / off", "CPU on ÷ off", "p50 ms on / off",
               "p99 ms on / off",
               "p99.9 ms on / off", "max ms on / off", "Server-Timing µs on / off", "404 Server-Timing µs on / off",
               "errors on / off"]
@@ -278,6 +280,8 @@ def recording_table(groups: list[Group]) -> str:
                     g.scenario, t.workers, str(c), f"{p.rps:.0f}", f"{q.rps:.0f}",
                     f"{p.rps / q.rps:.3f}" if q.rps else "-",
                     f"{statistics.median(paired):.3f} ({min(paired):.2f}-{max(paired):.2f})" if paired else "-",
+                    f"{statistics.median(p.cpu_us):.2f} / {statistics.median(q.cpu_us):.2f}" if p.cpu_us and q.cpu_us else "-",
+                    f"{statistics.median(p.cpu_us) / statistics.median(q.cpu_us):.3f}" if p.cpu_us and q.cpu_us else "-",
                     pair("p50_ms"), pair("p99_ms"), pair("p999_ms"),
                     pair("max_ms"), f"{us(p.server_timings_ms)} / {us(q.server_timings_ms)}",
                     f"{us(p.not_found_timings_ms)} / {us(q.not_found_timings_ms)}", f"{p.errors} / {q.errors}",

@@ -186,21 +186,34 @@ class Agg:
 
 
 class Series:
-    """One series' ring of one-second slots and its windows; `now` is a whole (wall-clock) second."""
+    """One series' ring of one-second slots and its windows; `now` is a whole (wall-clock) second.
+
+    The folds of a second add to its slot only; the windows and since-start take a second in when it
+    is over (`advance`), and `snapshot` adds the current one: one merge per fold instead of four."""
 
     __slots__ = ("ring", "now", "windows", "since_start")
 
     def __init__(self, now: int):
         self.ring: list[tuple[int, Agg] | None] = [None] * RING
         self.now = now
-        self.windows = {name: Agg() for name, _ in WINDOWS}
-        self.since_start = Agg()
+        self.windows = {name: Agg() for name, _ in WINDOWS}  # the seconds before `now` in each window
+        self.since_start = Agg()  # every second before `now`
+
+    def _current(self) -> Agg | None:
+        slot = self.ring[self.now % RING]
+        return slot[1] if slot is not None and slot[0] == self.now else None
 
     def advance(self, now: int) -> None:
-        """Move to second `now`: seconds that fell out of a window are subtracted from it."""
+        """Move to second `now`: the second that was current joins the windows, and seconds that
+        fell out of a window are subtracted from it."""
         last = self.now
         if now <= last:
             return
+        done = self._current()
+        if done is not None:
+            for agg in self.windows.values():
+                agg.merge(done)
+            self.since_start.merge(done)
         if now - last >= RING:
             self.ring = [None] * RING
             self.windows = {name: Agg() for name, _ in WINDOWS}
@@ -222,9 +235,6 @@ class Series:
         if slot is None or slot[0] != self.now:
             slot = self.ring[i] = (self.now, Agg())
         slot[1].merge(delta)
-        for agg in self.windows.values():
-            agg.merge(delta)
-        self.since_start.merge(delta)
 
     def _window_max(self, span: int) -> tuple[float, float]:
         server = total = 0.0
@@ -234,15 +244,28 @@ class Series:
                 total = max(total, slot[1].total.max)
         return server, total
 
+    def _with_current(self, agg: Agg) -> Agg:
+        current = self._current()
+        if current is None or not current.count:
+            return agg
+        out = Agg()
+        out.merge(agg)
+        out.merge(current)
+        return out
+
+    def since_start_now(self) -> Agg:
+        return self._with_current(self.since_start)
+
     def snapshot(self) -> dict:
         out = {}
         for name, span in WINDOWS:
-            out[name] = self.windows[name].encode(*self._window_max(span))
-        out[SINCE_START] = self.since_start.encode()
+            out[name] = self._with_current(self.windows[name]).encode(*self._window_max(span))
+        out[SINCE_START] = self.since_start_now().encode()
         return out
 
     def idle(self) -> bool:
-        return all(a.count == 0 for a in self.windows.values())
+        current = self._current()
+        return all(a.count == 0 for a in self.windows.values()) and (current is None or current.count == 0)
 
 
 class Book:
@@ -297,7 +320,7 @@ class Book:
         return {
             "routes": {name: s.snapshot() for name, s in self.routes.items()},
             OVERALL: self.overall.snapshot(),
-            "upstreams": {name: {SINCE_START: s.since_start.encode()} for name, s in self.upstreams.items()},
+            "upstreams": {name: {SINCE_START: s.since_start_now().encode()} for name, s in self.upstreams.items()},
         }
 
 

@@ -164,7 +164,7 @@ class Observer:
     def _fold_block(self, block: list[list[int]], rows: int, now: int) -> None:
         """Fold one block of recorded rows (see `recorder.COLUMNS`) in a few numpy calls."""
         route, method, status, server_ns, total_ns, upstream, upstream_ns = (
-            np.array(column[:rows], dtype=np.int64) for column in block
+            np.fromiter(column, np.int64, rows) for column in block  # the first `rows` of each column
         )
         names = self.recorder.routes.names
         # requests by route, method and status class
