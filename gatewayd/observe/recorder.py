@@ -102,10 +102,14 @@ class Recorder:
             i = rows
             t0 = ex.t0
             c_total[i] = t_end - t0
-            name = ex.route_name
-            r = route_index.get(name)
-            c_route[i] = r if r is not None else routes.add(name)
-            c_method[i] = methods.get(ex.scope["method"], OTHER)
+            try:  # subscripts rather than .get: a method call costs more than the rare KeyError
+                c_route[i] = route_index[ex.route_name]
+            except KeyError:
+                c_route[i] = routes.add(ex.route_name)
+            try:
+                c_method[i] = methods[ex.scope["method"]]
+            except KeyError:
+                c_method[i] = OTHER
             try:
                 c_status[i] = ex.status
                 c_server[i] = ex.t_start - t0
@@ -116,8 +120,10 @@ class Recorder:
             if up is None:
                 c_upstream[i] = -1
             else:
-                u = upstream_index.get(up)
-                c_upstream[i] = u if u is not None else upstreams.add(up)
+                try:
+                    c_upstream[i] = upstream_index[up]
+                except KeyError:
+                    c_upstream[i] = upstreams.add(up)
                 ns = ex.upstream_ns
                 if ns is not None:
                     c_up_ns[i] = ns
