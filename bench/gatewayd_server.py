@@ -45,10 +45,11 @@ def interpreter(command: str) -> str:
 
 
 def render(scenario_yaml: str, port: int, workers: int, tls_port: int | None = None,
-           cert: Path | None = None, key: Path | None = None, quic: bool = False) -> str:
+           cert: Path | None = None, key: Path | None = None, quic: bool = False, record: bool = True) -> str:
     """The config: ``server`` (always with an explicit ``workers``, since its default, ``auto``,
     is one per core), then the scenario's YAML. ``tls_port`` adds an HTTPS listener (HTTP/2 or
-    HTTP/1.1 by ALPN) and ``quic`` HTTP/3 on the same port number over UDP."""
+    HTTP/1.1 by ALPN) and ``quic`` HTTP/3 on the same port number over UDP; ``record=False`` turns
+    the gateway's recording of requests off (``observability.record: false``), to see what it costs."""
     head = ["version: 1", "server:", f'  listen: ["127.0.0.1:{port}"]', f"  workers: {workers}"]
     if tls_port is not None:
         head.append(f'  tls: {{listen: ["127.0.0.1:{tls_port}"], cert: "{cert}", key: "{key}"}}')
@@ -56,6 +57,8 @@ def render(scenario_yaml: str, port: int, workers: int, tls_port: int | None = N
         if tls_port is None:
             raise ValueError("HTTP/3 needs the TLS listener's certificate")
         head.append("  quic: {}")
+    if not record:
+        head.append("observability: {record: false}")
     return "\n".join(head) + "\n" + textwrap.dedent(scenario_yaml).strip("\n") + "\n"
 
 

@@ -82,6 +82,7 @@ def parse(stdout: str, log_text: str, want_protocol: str) -> tuple[LoadResult, d
         p90_ms=percentile(lat, 90),
         p95_ms=percentile(lat, 95),
         p99_ms=percentile(lat, 99),
+        p999_ms=percentile(lat, 99.9),
         max_ms=lat[-1] if lat else 0.0,
         mean_ms=sum(lat) / len(lat) if lat else 0.0,
     )

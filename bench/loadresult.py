@@ -20,6 +20,7 @@ class LoadResult:
     max_ms: float
     mean_ms: float
     client_cpu_s: float | None = None  # CPU time (user + system) the load generator used
+    p999_ms: float | None = None  # p99.9, where the client gives it (wrk, h2load)
 
     @property
     def rps(self) -> float:

@@ -4,7 +4,9 @@
   one panel per scenario and protocol family, log scale;
 * ``<stem>-workers.png``: HTTP/1.1 requests/s against gatewayd's worker count, one line per
   concurrency, with nginx's rate at the same concurrency as a dashed line;
-* ``<stem>-0rtt.png``: every fresh and 0-RTT time to first byte of the HTTP/3 0-RTT measurement.
+* ``<stem>-0rtt.png``: every fresh and 0-RTT time to first byte of the HTTP/3 0-RTT measurement;
+* ``<stem>-reload.png`` (``--reload-timeline``): p99 and max latency per 100 ms while gatewayd
+  reloads its config, one panel per scenario, one colour per gatewayd (recording on or off).
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ def workers(groups: list[Group], path: Path) -> bool:
         return False
     fig, axes = plt.subplots(1, len(h1), squeeze=False, figsize=(5 * len(h1), 4.6))
     for ax, g in zip(axes[0], h1):
-        gw = [t for t in g.targets if t.server == "gatewayd"]
+        gw = [t for t in g.targets if t.server == "gatewayd" and t.recording]
         counts = [int(t.workers.split()[0]) for t in gw]
         ref = next((t for t in g.targets if t.server == "nginx"), None)
         for i, c in enumerate(g.concurrencies()):
@@ -123,11 +125,42 @@ def zero_rtt(groups: list[Group], path: Path) -> bool:
     return True
 
 
-def write_all(groups: list[Group], directory: Path, stem: str) -> list[str]:
+def reload_timeline(timelines, path: Path) -> bool:
+    from timeline import bins
+
+    if not timelines:
+        return False
+    scenarios = list(dict.fromkeys(tl.scenario for tl in timelines))
+    fig, axes = plt.subplots(len(scenarios), 1, squeeze=False, figsize=(9, 3.4 * len(scenarios)))
+    for ax, sc in zip(axes[:, 0], scenarios):
+        for i, tl in enumerate(t for t in timelines if t.scenario == sc):
+            b = bins(tl.requests)
+            xs = [row[0] for row in b]
+            color = f"C{i}"
+            ax.plot(xs, [row[2] for row in b], color=color, linewidth=1.2, label=f"{tl.label}: p99")
+            ax.plot(xs, [row[3] for row in b], color=color, linewidth=0.7, linestyle=":", label=f"{tl.label}: max")
+            ax.plot(xs, [row[1] for row in b], color=color, linewidth=0.7, alpha=0.6, label=f"{tl.label}: p50")
+            ax.axvline(tl.reload_at_s, color=color, linestyle="--", linewidth=1)
+            if tl.reloaded_s is not None:
+                ax.axvspan(tl.reload_at_s, tl.reloaded_s, color=color, alpha=0.12)
+        ax.set_yscale("log")
+        ax.set_xlabel("seconds since the first request (dashed: config file rewritten; shaded: until /health shows it)")
+        ax.set_ylabel("latency per 100 ms, ms")
+        ax.set_title(f"{sc}, HTTP/1.1, gatewayd 1 worker, reloaded under load", fontsize=9)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def write_all(groups: list[Group], directory: Path, stem: str, timelines=()) -> list[str]:
     """Write every plot that has data; return the file names written."""
     written = []
-    for suffix, fn in (("latency", latency), ("workers", workers), ("0rtt", zero_rtt)):
+    for suffix, fn, data in (("latency", latency, groups), ("workers", workers, groups), ("0rtt", zero_rtt, groups),
+                             ("reload", reload_timeline, timelines)):
         name = f"{stem}-{suffix}.png"
-        if fn(groups, directory / name):
+        if fn(data, directory / name):
             written.append(name)
     return written

@@ -176,6 +176,28 @@ def wait_http_ok(proc: Proc, port: int, path: str, timeout: float = 30.0) -> Non
         time.sleep(0.1)
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a process and its descendants still alive (Linux /proc; None elsewhere)."""
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    total, todo, seen = 0.0, [pid], set()
+    while todo:
+        p = todo.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+        except (OSError, ValueError, IndexError):
+            if p == pid:
+                return None
+    return total
+
+
 def free_tcp_udp_port() -> int:
     """A port number free on 127.0.0.1 for both TCP and UDP (HTTPS and HTTP/3 share it)."""
     for _ in range(50):

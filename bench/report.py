@@ -26,6 +26,7 @@ class Target:
     protocol: str  # HTTP/1.1, h2 (TLS), h2c, h3
     workers: str  # as shown in the tables
     reference: str | None = None  # key of the target it is compared with (nginx or Caddy)
+    recording: bool = True  # gatewayd: False with `observability.record: false` (bench/run --compare-recording)
     tls: dict[str, str] = field(default_factory=dict)  # negotiated TLS version and cipher, when known
 
     @property
@@ -43,9 +44,12 @@ class Point:
     rounds: list[LoadResult] = field(default_factory=list)
     server_timings_ms: list[float] = field(default_factory=list)  # gatewayd only, sampled sequentially
     load_server_ms: list[tuple[float, float]] = field(default_factory=list)  # gatewayd's /latency (p50, p99) per round
+    not_found_timings_ms: list[float] = field(default_factory=list)  # gatewayd: Server-Timing of a 404, sequential
+    cpu_us: list[float] = field(default_factory=list)  # gatewayd over HTTP/1.1: its CPU µs per response, per round
 
-    def median(self, attr: str) -> float:
-        return statistics.median(getattr(r, attr) for r in self.rounds)
+    def median(self, attr: str) -> float | None:
+        values = [v for r in self.rounds if (v := getattr(r, attr)) is not None]
+        return statistics.median(values) if values else None
 
     @property
     def rps(self) -> float:
@@ -69,9 +73,10 @@ class Point:
     @property
     def under_load_ms(self) -> tuple[float, float] | None:
         """Median over the rounds of gatewayd's own server-time p50 and p99 during the load."""
-        if not self.load_server_ms:
+        values = [v for v in self.load_server_ms if None not in v]
+        if not values:
             return None
-        return statistics.median(v[0] for v in self.load_server_ms), statistics.median(v[1] for v in self.load_server_ms)
+        return statistics.median(v[0] for v in values), statistics.median(v[1] for v in values)
 
     @property
     def client_cores(self) -> float | None:
@@ -221,7 +226,7 @@ def workers_table(groups: list[Group]) -> str:
     h1 = [g for g in groups if g.family == "h1" and g.points]
     if not h1:
         return ""
-    gw_keys = [t.key for t in h1[0].targets if t.server == "gatewayd"]
+    gw_keys = [t.key for t in h1[0].targets if t.server == "gatewayd" and t.recording]
     names = {t.key: t.workers for t in h1[0].targets}
     ref_key = next((t.key for t in h1[0].targets if t.server == "nginx"), None)
     ref_name = f"nginx ({names[ref_key]})" if ref_key else "nginx"
@@ -242,6 +247,61 @@ def workers_table(groups: list[Group]) -> str:
                 cells.append(f"{b.rps / a.rps:.2f}" if a and b and a.rps else "-")
             rows.append(cells)
     return md_table(header, rows, "-" + "r" * (len(header) - 1))
+
+
+def us(values: list[float]) -> str:
+    """The median of ms values, in microseconds."""
+    return f"{statistics.median(values) * 1000:.1f}" if values else "-"
+
+
+def recording_table(groups: list[Group]) -> str:
+    """HTTP/1.1, `--compare-recording`: each gatewayd with recording on next to the same with it off."""
+    header = ["scenario", "workers", "c", "req/s on", "req/s off", "on ÷ off", "on ÷ off per round",
+              "CPU µs per request on / off", "CPU on ÷ off", "p50 ms on / off",
+              "p99 ms on / off",
+              "p99.9 ms on / off", "max ms on / off", "Server-Timing µs on / off", "404 Server-Timing µs on / off",
+              "errors on / off"]
+    rows = []
+    for g in groups:
+        if g.family != "h1":
+            continue
+        for t in g.targets:
+            off = next((o for o in g.targets if o.key == t.key + "-off"), None)
+            if t.server != "gatewayd" or not t.recording or off is None:
+                continue
+            for c in g.concurrencies():
+                p, q = g.point(t.key, c), g.point(off.key, c)
+                if not (p and q):
+                    continue
+                pair = lambda attr: f"{ms(p.median(attr))} / {ms(q.median(attr))}"
+                # each round loads both one after the other: the median of the rounds' ratios drifts less
+                paired = [a.rps / b.rps for a, b in zip(p.rounds, q.rounds) if b.rps]
+                rows.append([
+                    g.scenario, t.workers, str(c), f"{p.rps:.0f}", f"{q.rps:.0f}",
+                    f"{p.rps / q.rps:.3f}" if q.rps else "-",
+                    f"{statistics.median(paired):.3f} ({min(paired):.2f}-{max(paired):.2f})" if paired else "-",
+                    f"{statistics.median(p.cpu_us):.2f} / {statistics.median(q.cpu_us):.2f}" if p.cpu_us and q.cpu_us else "-",
+                    f"{statistics.median(p.cpu_us) / statistics.median(q.cpu_us):.3f}" if p.cpu_us and q.cpu_us else "-",
+                    pair("p50_ms"), pair("p99_ms"), pair("p999_ms"),
+                    pair("max_ms"), f"{us(p.server_timings_ms)} / {us(q.server_timings_ms)}",
+                    f"{us(p.not_found_timings_ms)} / {us(q.not_found_timings_ms)}", f"{p.errors} / {q.errors}",
+                ])
+    return md_table(header, rows, "--" + "r" * (len(header) - 2)) if rows else ""
+
+
+def timeline_table(timelines) -> str:
+    """`--reload-timeline`: each run's percentiles, and those of the requests that started in the second after the reload."""
+    from timeline import summary
+
+    header = ["scenario", "gatewayd", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "max ms",
+              "reload served after ms", "1 s after the reload: requests", "p99 ms", "max ms", "errors"]
+    rows = []
+    for tl in timelines:
+        s = summary(tl)
+        served = "-" if tl.reloaded_s is None else f"{(tl.reloaded_s - tl.reload_at_s) * 1000:.0f}"
+        rows.append([tl.scenario, tl.label, f"{s['rps']:.0f}", ms(s["p50"]), ms(s["p99"]), ms(s["p999"]), ms(s["max"]),
+                     served, f"{s['near_n']:,}", ms(s["near_p99"]), ms(s["near_max"]), str(tl.errors)])
+    return md_table(header, rows, "--" + "r" * (len(header) - 2)) if rows else ""
 
 
 def zero_rtt_table(groups: list[Group]) -> str:

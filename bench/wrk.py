@@ -37,6 +37,7 @@ def parse(stdout: str) -> LoadResult:
         p90_ms=ms("p90_us"),
         p95_ms=ms("p95_us"),
         p99_ms=ms("p99_us"),
+        p999_ms=ms("p999_us"),
         max_ms=ms("max_us"),
         mean_ms=ms("mean_us"),
     )

@@ -538,3 +538,157 @@ def test_a_rejected_reload_is_counted(tmp_path):
     fams = {f.name: f for f in text_string_to_metric_families(metrics_text(gateway.observer).decode())}
     assert [s.value for s in fams["gatewayd_config_reload_failures"].samples if s.name.endswith("_total")] == [1]
     assert [s.value for s in fams["gatewayd_config_generation"].samples] == [1]
+
+
+# --- recording: numbers at record time, the fold in vectorised slices --------------------------------------
+
+
+def test_vectorised_histograms_are_what_add_gives():
+    rng = random.Random(7)
+    values = [abs(v) for v in DISTRIBUTIONS["pareto"](rng, 5000)] + [1e-9, 1e-6, 0.0, 3.6e6, 1.0, 2.0]
+    series = [rng.randrange(4) for _ in values]
+    got = latency.histograms(np.asarray(series), np.asarray(values))
+    assert sorted(got) == sorted(set(series))
+    for sid, h in got.items():
+        want = latency.Histogram()
+        for s, v in zip(series, values):
+            if s == sid:
+                want.add(v)
+        assert h.bins == want.bins and h.count == want.count and h.max == want.max
+        assert h.sum == pytest.approx(want.sum)
+
+
+def test_record_keeps_numbers_not_the_exchange():
+    import sys
+
+    observer = Observer(MemoryStore(), RuntimeStatus())
+    ex = exchange(headers=[(b"authorization", b"Bearer x")])
+    before = sys.getrefcount(ex), sys.getrefcount(ex.scope)
+    observer.record(ex)
+    assert (sys.getrefcount(ex), sys.getrefcount(ex.scope)) == before  # nothing of it is held
+    assert observer.recorder.lines == [] and observer.recorder.spans == []
+    observer.fold()
+    assert observer.book.snapshot()["routes"]["r"]["since_start"]["n"] == 1
+
+
+def test_sampling_is_decided_at_record_time_and_keeps_the_consumer(tmp_path):
+    path = tmp_path / "access.log"
+    observer = Observer(MemoryStore(), RuntimeStatus())
+    observer.access_log = AccessLog(str(path), 0.5)
+    random.seed(11)
+    for i in range(400):
+        ex = exchange()
+        ex.consumer = f"c{i}"
+        observer.record(ex)
+    kept = len(observer.recorder.lines)  # decided already, before any fold
+    assert 150 < kept < 250
+    observer.fold()
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(lines) == kept and all(line["consumer"].startswith("c") for line in lines)
+    assert observer.book.snapshot()["routes"]["r"]["since_start"]["n"] == 400  # every request is counted
+
+
+def test_fold_in_slices_of_one_block_equals_one_fold():
+    from gatewayd.observe.recorder import BLOCK
+
+    sliced, whole = (Observer(MemoryStore(), RuntimeStatus(), registry=metrics.Registry()) for _ in range(2))
+    rng = random.Random(3)
+    for i in range(2 * BLOCK + 10):
+        status = rng.choice((200, 200, 404, 503))
+        for observer in (sliced, whole):
+            ex = exchange(route=("a", "b", "")[i % 3], status=status, server_ns=1000 + i, total_ns=5000 + 7 * i)
+            if i % 5 == 0:
+                ex.upstream, ex.upstream_ns, ex.upstream_error = "up", None, ("timeout", "unavailable", None)[i % 3]
+            elif i % 5 == 1:
+                ex.upstream, ex.upstream_ns, ex.upstream_error = "up", 900 + i, None
+            observer.record(ex)
+    slices = sum(1 for _ in sliced._fold_steps())
+    whole.fold()
+    assert slices == 3  # one per block
+    a, b = sliced.book.snapshot(), whole.book.snapshot()
+    for route in ("a", "b", "(unmatched)"):
+        x, y = a["routes"][route]["since_start"], b["routes"][route]["since_start"]
+        assert (x["n"], x["e4"], x["e5"], x["server"]) == (y["n"], y["e4"], y["e5"], y["server"])  # total time: read at record
+    assert a["routes"]["(unmatched)"]["since_start"]["n"] == (2 * BLOCK + 10) // 3
+    assert a["*"]["since_start"]["n"] == 2 * BLOCK + 10
+    counters = sliced.registry.snapshot()
+    assert counters == whole.registry.snapshot()
+    requests = {tuple(row[:-1]): row[-1] for row in counters["gatewayd_requests_total"]["values"]}
+    assert sum(requests.values()) == 2 * BLOCK + 10
+    assert {k[1] for k in requests} == {"GET"} and {k[2] for k in requests} <= {"2xx", "4xx", "5xx"}
+
+
+def test_upstream_errors_and_times_are_folded():
+    reg = metrics.Registry()
+    observer = Observer(MemoryStore(), RuntimeStatus(), registry=reg)
+    for upstream_ns, error in ((800_000, None), (None, "timeout"), (None, "unavailable"), (None, "unavailable"), (None, None)):
+        ex = exchange(route="p")
+        ex.upstream, ex.upstream_ns, ex.upstream_error = "items", upstream_ns, error
+        observer.record(ex)
+    observer.fold()
+    errors = {tuple(row[:-1]): row[-1] for row in reg.snapshot()["gatewayd_upstream_errors_total"]["values"]}
+    assert errors == {("items", "timeout"): 1, ("items", "unavailable"): 2}
+    up = observer.book.snapshot()["upstreams"]["items"]["since_start"]
+    assert up["n"] == 1 and up["total"][3] == pytest.approx(0.8)
+
+
+def test_spans_are_sampled_at_record_time_and_bounded(monkeypatch):
+    from gatewayd.observe import recorder
+
+    class Export:
+        def __init__(self):
+            self.made = []
+
+        def keep(self, trace_id):
+            return trace_id.endswith(("0", "1", "2", "3", "4", "5", "6", "7"))  # about half
+
+        def spans(self, fields, wall_offset, worker):
+            self.made.append(fields)
+
+    export = Export()
+    observer = Observer(MemoryStore(), RuntimeStatus())
+    observer.otel = export
+    observer._sampling()
+    tp = b"00-0af7651916cd43dd8448eb211c803190-b7ad6b7169203331-01"
+    observer.record(exchange(headers=[(b"traceparent", tp)]))
+    assert len(observer.recorder.spans) == 1
+    fields = dict(zip(recorder.SPAN_FIELDS, observer.recorder.spans[0]))
+    assert fields["trace_id"] == "0af7651916cd43dd8448eb211c803190" and fields["parent"][1] == "b7ad6b7169203331"
+    assert fields["route"] == "r" and fields["status"] == 200 and fields["path"] == "/x"
+    monkeypatch.setattr(recorder, "MAX_PENDING", 10)
+    for _ in range(200):
+        observer.record(exchange())
+    assert len(observer.recorder.spans) == 10 and observer.recorder.dropped_spans > 0
+    observer.fold()
+    assert len(export.made) == 10 and observer.recorder.spans == []
+
+
+def test_record_false_records_nothing_and_says_so(tmp_path):
+    observer = Observer(MemoryStore(), RuntimeStatus(), registry=metrics.Registry())
+    text = CONFIG.format(access="public").replace("observability:\n", "observability:\n  record: false\n")
+    table = table_for(text, tmp_path, observer)
+    for _ in range(3):
+        assert call(table, "/hello")[0] == 200
+    assert call(table, "/nothing")[0] == 404
+    doc = json.loads(call(table, "/latency")[2])
+    assert doc["recording"] is False and doc["overall"]["since_start"]["count"] == 0
+    families = {f.name: f for f in text_string_to_metric_families(call(table, "/metrics")[2].decode())}
+    assert [s.value for s in families["gatewayd_recording"].samples] == [0]
+    on = table_for(CONFIG.format(access="public"), tmp_path, Observer(MemoryStore(), RuntimeStatus(), registry=metrics.Registry()))
+    call(on, "/hello")
+    assert json.loads(call(on, "/latency")[2])["recording"] is True
+
+
+@pytest.mark.parametrize("request_id", [b"plain-id", b'we"ird\\\x01\xff id'])
+def test_error_bodies_are_what_json_dumps_writes(request_id):
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    ex = Exchange(scope(), None, send, perf_counter_ns(), request_id, True)
+    message = 'no route matches GET /caf\u00e9/"x"\n\u2028'
+    asyncio.run(ex.error(404, "not_found", message, ((b"x-extra", b"1"),)))
+    body = sent[1]["body"]
+    assert body == json.dumps({"error": "not_found", "message": message, "request_id": request_id.decode("latin-1")}).encode()
+    assert dict(sent[0]["headers"])[b"content-length"] == b"%d" % len(body) and sent[0]["status"] == 404

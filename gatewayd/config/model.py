@@ -96,6 +96,7 @@ class ObservabilityConfig:
     access_log_to: str = "off"  # "off" | "stdout" | "stderr" | a file path (made absolute)
     access_log_sample: float = 1.0
     otel: OtelConfig | None = None  # OpenTelemetry span export; None when off
+    record: bool = True  # False: tables record nothing (no latency, counters, access log or spans)
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,6 +256,7 @@ def build(data: dict, file: str, sha256: str, marks: Marks, secret_paths: frozen
             access_log_to=_log_target(obs.get("access_log"), file),
             access_log_sample=float(obs.get("access_log", {}).get("sample", 1)),
             otel=_otel(obs.get("otel")),
+            record=obs.get("record", True),
         ),
         upstreams=upstreams,
         policies=data.get("policies", {}),

@@ -76,7 +76,7 @@ def compile_table(
         router=Router(specs),
         routes=tuple(compiled),
         endpoints=_endpoints(config, status, observer, ctx.kept),
-        record=_ignore if observer is None else observer.record,
+        record=observer.record if observer is not None and config.observability.record else _ignore,
         server_timing=config.observability.server_timing,
         detailed_timing=config.observability.server_timing_detailed,
         needs_host=any(s.host is not None for s in specs),

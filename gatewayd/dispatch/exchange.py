@@ -11,12 +11,15 @@ the server (`t_start`, which the latency statistics use too).
 from __future__ import annotations
 
 import itertools
-import json
 import os
 from email.utils import formatdate
+from json.encoder import encode_basestring_ascii
 from time import perf_counter_ns, time
 
 JSON_TYPE = (b"content-type", b"application/json")
+# a str as a JSON string literal, quoted, non-ASCII and control characters escaped (json's C
+# function: what `json.dumps` writes, without encoding a whole dict per error)
+_json_str = encode_basestring_ascii
 _RID_PREFIX = os.urandom(5).hex().encode()
 _rid_counter = itertools.count(1)
 
@@ -122,5 +125,11 @@ class Exchange:
 
 def error_body(error: str, message: str, request_id: bytes) -> bytes:
     """`{"error", "message", "request_id"}`: the body of every error the gateway answers, its engines'
-    refusals of a request head included where the engine lets it write them."""
-    return json.dumps({"error": error, "message": message, "request_id": request_id.decode("latin-1")}).encode()
+    refusals of a request head included where the engine lets it write them.
+
+    `error` is one of the gateway's own codes (letters and `_`), written as it is; the message
+    (which may quote the request's method and path) and the request id (maybe the client's) are
+    escaped: the bytes `json.dumps` of the dict would give, without encoding a dict per error."""
+    return b'{"error": "%s", "message": %s, "request_id": %s}' % (
+        error.encode(), _json_str(message).encode(), _json_str(request_id.decode("latin-1")).encode()
+    )

@@ -1,7 +1,9 @@
 """The access log: one JSON line per request, formatted and written off the request path.
 
-Lines are made by the observer's once-a-second fold and written in one `write` per flush, so lines
-from several workers appending to one file never interleave. A file is reopened when it was moved
+Whether a request gets a line (`sample`) is decided when it is recorded, and only a sampled request
+keeps the fields of its line (`recorder.py`); lines are made by the observer's fold, off the request
+path, and written in one `write` per fold, so lines from several workers appending to one file never
+interleave. A file is reopened when it was moved
 or deleted (log rotation needs no signal). What a line never holds: header values (no
 Authorization, Cookie or API keys) and query values; the query's keys are logged, without values.
 

@@ -51,7 +51,7 @@ def latency_document(observer) -> dict:
     observer.refresh()
     docs = observer.workers(LATENCY_PREFIX)
     merged = latency.merge([d.get("latency") or {} for d in docs])
-    return latency.report(merged, workers=len(docs))
+    return {**latency.report(merged, workers=len(docs)), "recording": observer.recording}
 
 
 def compile_latency(observer, local_only: bool):

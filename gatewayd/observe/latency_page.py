@@ -138,7 +138,7 @@ function cards(doc) {
   $("c99").textContent = fmt(o["10s"][$("metric").value].p99) + " ms";
   $("cerr").textContent = o["60s"].errors_4xx + " / " + o["60s"].errors_5xx;
   $("cw").textContent = doc.workers;
-  $("sub").textContent = "all workers of this host \u00b7 quantiles within " + (doc.relative_error * 100) + "% \u00b7 chart: last 10 s window, sampled every second \u00b7 updated " + new Date().toLocaleTimeString();
+  $("sub").textContent = (doc.recording === false ? "RECORDING OFF (observability.record: false) \u00b7 " : "") + "all workers of this host \u00b7 quantiles within " + (doc.relative_error * 100) + "% \u00b7 chart: last 10 s window, sampled every second \u00b7 updated " + new Date().toLocaleTimeString();
 }
 function options(doc) {
   const sel = $("route"), have = new Set(Array.from(sel.options).map((o) => o.value));

@@ -1,17 +1,18 @@
-"""One process's observer: the record call on the request path, and the periodic fold off it.
+"""One process's observer: the record call on the request path, and the fold off it, in slices.
 
-The request path pays for one call per request, `record(exchange)`, which stamps the end time and
-appends the exchange to a list. Measured with `python bench/observe.py` (median CPU time, on a
-shared 2-core machine that was busy with other work): 0.20-0.23 us per record call, and a whole
-`respond` request 0.5 us slower with recording than without (1.4 us in one noisy run). A proxied
-request also pays for its trace context and upstream timing in the proxy (`trace.forward`, about
-1 us on the same machine). Everything else happens in `run`, off the request path:
-four times a second (and at shutdown) the recorded exchanges are folded into the latency sketches
-(`latency.py`) and the counters (`metrics.py`) and sampled into access-log lines
-(`access_log.py`) and, when `observability.otel` is set, made into OpenTelemetry spans (`otel.py`,
-sent by the SDK's batch processor from its own thread); once a second this worker's figures are
-published to the host store under `latency/<pid>` and `metrics/worker/<pid>` with a TTL of a few
-seconds, so a worker that dies drops out of `/latency` and `/metrics` soon after.
+The request path pays for one call per request, `record(exchange)` (`recorder.py`): a row of seven
+numbers in preallocated columns, and for a request sampled for the access log or a span, the few
+fields its line or span needs. No exchange outlives its request. Everything else happens in `run`,
+off the request path, ten times a second: each block of up to `recorder.BLOCK` rows is folded with
+numpy into the latency sketches (`latency.py`) and the counters (`metrics.py`), one block per
+slice, and the sampled requests are made into access-log lines (`access_log.py`) and
+OpenTelemetry spans (`otel.py`, sent by the SDK's batch processor from its own thread) for at most
+`SLICE_NS` at a time; between slices the loop serves requests. Once a second this worker's figures
+are published to the host store under `latency/<pid>` and `metrics/worker/<pid>` with a TTL of a
+few seconds, so a worker that dies drops out of `/latency` and `/metrics` soon after. What each
+part costs: `python bench/observe.py`; what it all costs a loaded gateway: `bench/run
+--compare-recording`, against `observability.record: false`, which compiles tables that record
+nothing.
 """
 
 from __future__ import annotations
@@ -20,22 +21,24 @@ import asyncio
 import json
 import logging
 import os
-import random
 import time
 import zlib
 from time import perf_counter_ns
 
-from . import latency, metrics, otel, trace
+import numpy as np
+
+from . import latency, metrics, otel
 from .access_log import AccessLog, iso_time, line, query_keys
+from .recorder import ERROR_KINDS, METHODS, UNMATCHED, Recorder
 
 log = logging.getLogger("gatewayd.observe")
 
-FOLD_INTERVAL_S = 0.25  # short, so that few recorded exchanges are alive at once (less for the GC to walk)
+FOLD_INTERVAL_S = 0.1
+SLICE_NS = 1_000_000  # lines and spans are made for at most this long before the loop serves again
 PUBLISH_INTERVAL_S = 1.0
 PUBLISH_TTL_S = 5.0  # a worker silent this long is taken for dead
-UNMATCHED = "(unmatched)"  # the route name of requests no route took (404, 405)
-_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
 _CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+_N_METHODS = len(METHODS)
 LATENCY_PREFIX = b"latency/"
 METRICS_PREFIX = b"metrics/worker/"
 
@@ -60,114 +63,147 @@ class Observer:
         self.registry = registry
         own = (metrics.REQUESTS, metrics.UPSTREAM_ERRORS)  # the same counters in another registry (tests)
         self._requests, self._upstream_errors = (registry.counter(c.name, c.help, c.labelnames) for c in own)
-        self.access_log = AccessLog()
+        self.recorder = Recorder()
+        self.record = self.recorder.record
+        self.recording = True  # observability.record: tables compiled with it false record nothing
+        self._access_log = AccessLog()
         self.otel: otel.Export | None = None
         self.started_at = time.time()
         self.book = latency.Book(int(self.started_at))
         self.reload_failures = 0
-        self._pending: list = []
         self._publish_warned = 0.0
-        pending = self._pending
-        append = pending.append
-
-        def record(ex, clock=perf_counter_ns) -> None:
-            ex.t_end = clock()
-            append(ex)
-
-        self.record = record
+        self._folding = None  # the fold `run` is part way through, if any
 
     # --- config ---------------------------------------------------------------------------------
 
+    @property
+    def access_log(self) -> AccessLog:
+        return self._access_log
+
+    @access_log.setter
+    def access_log(self, value: AccessLog) -> None:
+        self._access_log = value
+        self._sampling()
+
+    def _sampling(self) -> None:
+        """What `record` keeps for lines and spans: decided per request, at record time."""
+        access = self._access_log
+        self.recorder.configure(access.sample if access.enabled else 0.0, self.otel)
+
     def configure(self, observability) -> None:
         """Apply a config's `observability` settings (at start and at each reload)."""
+        self.recording = getattr(observability, "record", True)
         to, sample = observability.access_log_to, observability.access_log_sample
-        if (to, sample) != (self.access_log.to, self.access_log.sample):
+        if (to, sample) != (self._access_log.to, self._access_log.sample):
             self.fold()  # lines recorded so far go where they were meant to
-            self.access_log.close()
+            self._access_log.close()
             self.access_log = AccessLog(to, sample)
         wanted = getattr(observability, "otel", None)
         if wanted != (self.otel.config if self.otel is not None else None):
             self.fold()  # spans recorded so far go where they were meant to
             otel.stop(self.otel)
             self.otel = otel.start(wanted) if wanted is not None else None
+            self._sampling()
 
     # --- off the request path -------------------------------------------------------------------
 
     def fold(self) -> None:
-        """Fold the recorded exchanges into the sketches, counters and access log."""
-        pending = self._pending
-        batch = pending[:]
-        pending.clear()
-        now = time.time()
-        requests, upstreams, lines = [], [], []
-        requests_counter = self._requests
-        errors_counter = self._upstream_errors
-        access = self.access_log
-        logging_on = access.enabled
-        sample = access.sample
+        """Fold everything recorded so far into the sketches, counters, access log and spans, at once."""
+        for _ in self._fold_steps():
+            pass
+
+    def _fold_steps(self):
+        """The fold as a generator that yields between slices: after each block of rows, and after each
+        `SLICE_NS` of making lines or spans. A fold left part way is finished first."""
+        if self._folding is not None:
+            unfinished, self._folding = self._folding, None
+            for _ in unfinished:
+                pass
+        self._folding = steps = self._steps()
+        try:
+            yield from steps
+        finally:
+            if self._folding is steps:
+                self._folding = None
+
+    def _steps(self):
+        recorder = self.recorder
+        now = int(time.time())
+        for block, rows in recorder.take():
+            self._fold_block(block, rows, now)
+            recorder.give_back(block)
+            yield
+        lines, spans = recorder.lines[:], recorder.spans[:]
+        recorder.lines.clear()
+        recorder.spans.clear()
+        if not lines and not spans:
+            return
         wall_offset = time.time_ns() - perf_counter_ns()
         worker = self.status.worker if hasattr(self.status, "worker") else 0
-        export = self.otel
-        for ex in batch:
-            route = ex.route_name or UNMATCHED
-            status = getattr(ex, "status", 0) or 499  # 499: the client left before the response started
-            t0 = ex.t0
-            t_start = getattr(ex, "t_start", 0)
-            server_ms = (t_start - t0) / 1e6 if t_start else None
-            total_ms = (ex.t_end - t0) / 1e6
-            requests.append((route, status, server_ms, total_ms))
-            method = ex.scope["method"]
-            requests_counter.inc((route, method if method in _METHODS else "OTHER", _CLASSES[min(max(status // 100, 1), 5) - 1]))
-            upstream = ex.upstream
-            upstream_ms = None
-            if upstream is not None:
-                if ex.upstream_error is not None:
-                    errors_counter.inc((upstream, ex.upstream_error))
-                elif ex.upstream_ns is not None:
-                    upstream_ms = ex.upstream_ns / 1e6
-                    upstreams.append((upstream, upstream_ms))
-            trace_id = None
-            if export is not None:
-                trace_id = getattr(ex, "trace_id", None)
-                span_id = getattr(ex, "span_id", None)
-                parent = trace.parent_of(ex.scope["headers"])
-                trace_id = trace_id or (parent[0] if parent else trace.new_trace_id())
-                if export.keep(trace_id):
-                    try:
-                        export.spans(ex, None if route == UNMATCHED else route, status, trace_id, span_id, parent, wall_offset, worker)
-                    except Exception:
-                        log.exception("could not make the spans of request %s", ex.request_id.decode("latin-1"))
-            if logging_on and (sample >= 1 or random.random() < sample):
-                lines.append(self._line(ex, route, status, server_ms, total_ms, upstream, upstream_ms, wall_offset, worker, trace_id))
-        self.book.fold(int(now), requests, upstreams)
+        deadline = perf_counter_ns() + SLICE_NS
         if lines:
-            access.write(lines)
+            access = self._access_log
+            out = []
+            for fields in lines:
+                out.append(_line(fields, wall_offset, worker))
+                if perf_counter_ns() > deadline:
+                    yield
+                    deadline = perf_counter_ns() + SLICE_NS
+            access.write(out)
+        export = self.otel
+        if export is not None:
+            for fields in spans:
+                try:
+                    export.spans(fields, wall_offset, worker)
+                except Exception:
+                    log.exception("could not make the spans of a request to %s", fields[6])
+                if perf_counter_ns() > deadline:
+                    yield
+                    deadline = perf_counter_ns() + SLICE_NS
 
-    @staticmethod
-    def _line(ex, route, status, server_ms, total_ms, upstream, upstream_ms, wall_offset, worker, trace_id=None) -> bytes:
-        scope = ex.scope
-        trace_id = trace_id or getattr(ex, "trace_id", None) or trace.trace_id_of(scope["headers"]) or trace.new_trace_id()
-        return line(
-            {
-                "time": iso_time((ex.t0 + wall_offset) / 1e9),
-                "request_id": ex.request_id.decode("latin-1"),
-                "trace_id": trace_id,
-                "route": None if route == UNMATCHED else route,
-                "consumer": ex.consumer,
-                "method": scope["method"],
-                "path": scope["path"],
-                "query_keys": query_keys(scope.get("query_string", b"")),
-                "protocol": f"HTTP/{scope.get('http_version', '1.1')}",
-                "status": status,
-                "bytes_sent": getattr(ex, "sent", 0),
-                "server_ms": None if server_ms is None else round(server_ms, 3),
-                "total_ms": round(total_ms, 3),
-                "upstream": upstream,
-                "upstream_ms": None if upstream_ms is None else round(upstream_ms, 3),
-                "cache": None,
-                "worker": worker,
-            }
+    def _fold_block(self, block: list[list[int]], rows: int, now: int) -> None:
+        """Fold one block of recorded rows (see `recorder.COLUMNS`) in a few numpy calls."""
+        route, method, status, server_ns, total_ns, upstream, upstream_ns = (
+            np.fromiter(column, np.int64, rows) for column in block  # the first `rows` of each column
         )
+        names = self.recorder.routes.names
+        # requests by route, method and status class
+        cls = np.clip(status // 100, 1, 5) - 1
+        codes, counts = np.unique((route * _N_METHODS + method) * 5 + cls, return_counts=True)
+        inc = self._requests.inc
+        for code, n in zip(codes.tolist(), counts.tolist()):
+            rm, c = divmod(code, 5)
+            r, m = divmod(rm, _N_METHODS)
+            inc((names[r], METHODS[m], _CLASSES[c]), n)
+        # latency and 4xx/5xx per route
+        total = latency.histograms(route, total_ns / 1e6)
+        started = server_ns >= 0
+        server = latency.histograms(route[started], server_ns[started] / 1e6)
+        e4 = np.bincount(route, weights=(status >= 400) & (status < 500)).tolist()
+        e5 = np.bincount(route, weights=status >= 500).tolist()
+        aggs = {}
+        for r, h in total.items():
+            agg = aggs[names[r]] = latency.Agg()
+            agg.count, agg.e4, agg.e5, agg.total = h.count, int(e4[r]), int(e5[r]), h
+            if r in server:
+                agg.server = server[r]
+        # upstream time and errors
+        ups = {}
+        proxied = upstream >= 0
+        if proxied.any():
+            up_names = self.recorder.upstreams.names
+            up, ns = upstream[proxied], upstream_ns[proxied]
+            failed = (ns == -1) | (ns == -2)
+            if failed.any():
+                codes, counts = np.unique(up[failed] * 4 - ns[failed], return_counts=True)
+                for code, n in zip(codes.tolist(), counts.tolist()):
+                    u, kind = divmod(code, 4)
+                    self._upstream_errors.inc((up_names[u], ERROR_KINDS[-kind]), n)
+            timed = ns >= 0
+            for u, h in latency.histograms(up[timed], ns[timed] / 1e6).items():
+                agg = ups[up_names[u]] = latency.Agg()
+                agg.count, agg.total = h.count, h
+        self.book.add(now, aggs, ups)
 
     def _identity(self) -> dict:
         status = self.status
@@ -177,6 +213,7 @@ class Observer:
             "started_at": self.started_at,
             "generation": status.generation,
             "reload_failures": self.reload_failures,
+            "recording": self.recording,
         }
 
     def publish(self) -> None:
@@ -224,8 +261,9 @@ class Observer:
         self._task = None
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Fold (and write the access log) every FOLD_INTERVAL_S, publish every PUBLISH_INTERVAL_S, on
-        the wall clock's ticks so that the workers' seconds line up, until `stop`; then a last fold."""
+        """Fold (and write the access log) every FOLD_INTERVAL_S in slices, publish every
+        PUBLISH_INTERVAL_S, on the wall clock's ticks so that the workers' seconds line up, until
+        `stop`; then a last fold, at once."""
         published = 0.0
         try:
             while not stop.is_set():
@@ -235,7 +273,8 @@ class Observer:
                 except TimeoutError:
                     pass
                 try:
-                    self.fold()
+                    for _ in self._fold_steps():
+                        await asyncio.sleep(0)  # the loop serves requests between slices
                     now = time.time()
                     if now - published >= PUBLISH_INTERVAL_S - FOLD_INTERVAL_S / 2:
                         published = now
@@ -264,3 +303,29 @@ class Observer:
             if known is None or doc.get("started_at", 0) > known.get("started_at", 0):
                 by_worker[doc.get("worker")] = doc
         return [by_worker[k] for k in sorted(by_worker, key=str)]
+
+
+def _line(fields: tuple, wall_offset: int, worker) -> bytes:
+    """The access-log line of a request sampled at record time (`recorder.LINE_FIELDS`)."""
+    t0, request_id, trace_id, route, consumer, method, path, qs, version, status, sent, server_ns, total_ns, upstream, up_ns = fields
+    return line(
+        {
+            "time": iso_time((t0 + wall_offset) / 1e9),
+            "request_id": request_id.decode("latin-1"),
+            "trace_id": trace_id,
+            "route": route,
+            "consumer": consumer,
+            "method": method,
+            "path": path,
+            "query_keys": query_keys(qs),
+            "protocol": f"HTTP/{version}",
+            "status": status,
+            "bytes_sent": sent,
+            "server_ms": None if server_ns is None else round(server_ns / 1e6, 3),
+            "total_ms": round(total_ns / 1e6, 3),
+            "upstream": upstream,
+            "upstream_ms": None if up_ns is None else round(up_ns / 1e6, 3),
+            "cache": None,
+            "worker": worker,
+        }
+    )

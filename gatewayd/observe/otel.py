@@ -2,8 +2,9 @@
 
 Needs the optional packages of `gatewayd[otel]` (the OpenTelemetry SDK and its OTLP/HTTP exporter);
 `available()` says whether they are installed, and the config check reports an `otel` section
-without them. Spans are made by the observer's fold from the recorded exchanges, off the request
-path, and sent by the SDK's `BatchSpanProcessor` from its own thread.
+without them. Whether a request gets a span is decided when it is recorded (`keep`), and only then
+are the fields its span needs kept (`recorder.SPAN_FIELDS`); the spans are made by the observer's
+fold, off the request path, and sent by the SDK's `BatchSpanProcessor` from its own thread.
 
 Each request's span (kind server) is named after its route (`unmatched` when no route took it). It
 carries the exchange's trace id, and for a proxied request the span id the upstream received as its
@@ -86,17 +87,16 @@ class Export:
         bound = self._bound
         return bound >= 1 << 64 or (bound > 0 and int(trace_id[16:], 16) < bound)
 
-    def spans(self, ex, route: str | None, status: int, trace_id: str, span_id: str | None,
-              parent: tuple[str, str, str] | None, wall_offset: int, worker) -> None:  # fmt: skip
-        """Make and end the spans of one folded exchange (`route` None when no route matched)."""
+    def spans(self, fields: tuple, wall_offset: int, worker) -> None:
+        """Make and end the spans of one request, from what `record` kept (`recorder.SPAN_FIELDS`;
+        its route is None when no route matched, its times are perf_counter_ns)."""
         from opentelemetry import trace as api
         from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
-        scope = ex.scope
-        upstream = ex.upstream
+        trace_id, span_id, parent, route, status, method, path, upstream, error, upstream_ns, t0, t_start, t_end = fields
         attributes = {
-            "http.request.method": scope["method"],
-            "url.path": scope["path"],
+            "http.request.method": method,
+            "url.path": path,
             "http.response.status_code": status,
             "gatewayd.worker": worker,
         }
@@ -110,8 +110,8 @@ class Export:
             )
         else:
             context = api.set_span_in_context(api.INVALID_SPAN)  # a root: not the thread's current span
-        t0 = ex.t0 + wall_offset
-        t_end = ex.t_end + wall_offset
+        t0 += wall_offset
+        t_end += wall_offset
         with self._lock:
             self._given["trace"] = int(trace_id, 16)
             self._given["span"] = int(span_id, 16) if span_id else None
@@ -122,11 +122,9 @@ class Export:
         if status >= 500:
             span.set_status(Status(StatusCode.ERROR))
         if upstream is not None:
-            t_start = getattr(ex, "t_start", 0)
             headers_at = (t_start + wall_offset) if t_start else t_end
-            error = ex.upstream_error
-            if error is None and ex.upstream_ns is not None:
-                begin = headers_at - ex.upstream_ns
+            if error is None and upstream_ns is not None:
+                begin = headers_at - upstream_ns
             else:
                 begin = t0
             child = self.tracer.start_span(

@@ -117,7 +117,7 @@ async def _serve(gateway: Gateway, listeners, server: ServerConfig) -> None:
     # the handlers above instead of killing the process; deliver any that are pending now
     signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
     watcher = asyncio.create_task(watch_file(gateway, stop))
-    gateway.observer.start()  # fold (4/s) and publish (1/s) latency and metrics; flush the access log
+    gateway.observer.start()  # fold (10/s, in slices) and publish (1/s) latency and metrics; write the access log
     app = GatewayApp(gateway)
     if server.tls:
         log.info("serving HTTPS on %s", ", ".join(f"https://{l}" for l in server.tls.listen))
