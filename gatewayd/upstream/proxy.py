@@ -99,6 +99,7 @@ def compile_proxy(
     too_large = body_too_large(max_body_bytes)
     balancer = upstream.balancer
     targets = upstream.targets
+    pool = upstream.pool
 
     async def proxy(ex) -> None:
         scope = ex.scope
@@ -160,12 +161,12 @@ def compile_proxy(
             headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
         i = balancer.pick()
-        upstream.active += 1
+        pool.acquire()
         # reported to gatewayd.observe: time to the upstream's response headers, or why there were none
         ex.upstream, ex.upstream_ns, ex.upstream_error = upstream_name, None, None
         try:
             url = targets[i] + add + path + (b"?" + qs if qs else b"")
-            builder = upstream.client.request(scope["method"], url.decode("latin-1")).headers(headers)
+            builder = pool.client.request(scope["method"], url.decode("latin-1")).headers(headers)
             if has_body:
                 builder = builder.body_stream(_body(ex.receive, max_body_bytes, first))
             request = builder.build_streamed()
@@ -213,6 +214,6 @@ def compile_proxy(
                 await request.__aexit__(None, None, None)
         finally:
             balancer.done(i)
-            upstream.active -= 1
+            pool.release()
 
     return proxy

@@ -1,0 +1,154 @@
+"""Upstream resilience through a running gatewayd and real demo upstreams: pools across reloads,
+a target killed under load, active health checks bringing it back, retries and readiness.
+
+Load here is bounded twice, like every load loop of the tests: in requests per client and in time.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import HOST
+
+LOAD_MAX_S = 20.0
+LOAD_MAX_REQUESTS = 5000  # per client
+
+
+@dataclass
+class Outcome:
+    started: float  # monotonic
+    ended: float
+    status: int | None  # None: no response (the error says why)
+    upstream: str | None = None  # the demo upstream's name, from its JSON answer
+    error: str | None = None
+
+
+class Load:
+    """`clients` threads, each sending GET `path` over its own keep-alive connection, one request at
+    a time, until stopped (or LOAD_MAX_REQUESTS each, or LOAD_MAX_S)."""
+
+    def __init__(self, port: int, path: str, clients: int):
+        self.port, self.path = port, path
+        self.outcomes: list[Outcome] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + LOAD_MAX_S
+        conn = http.client.HTTPConnection(HOST, self.port, timeout=10)
+        try:
+            for _ in range(LOAD_MAX_REQUESTS):
+                if self._stop.is_set() or time.monotonic() > deadline:
+                    return
+                out = Outcome(time.monotonic(), 0.0, None)
+                try:
+                    conn.request("GET", self.path)
+                    r = conn.getresponse()
+                    body = r.read()
+                    out.status = r.status
+                    if r.status == 200 and body.startswith(b"{"):
+                        out.upstream = httpx.Response(200, content=body).json().get("upstream")
+                except (OSError, http.client.HTTPException) as exc:
+                    out.error = type(exc).__name__
+                    conn.close()
+                    conn = http.client.HTTPConnection(HOST, self.port, timeout=10)
+                out.ended = time.monotonic()
+                with self._lock:
+                    self.outcomes.append(out)
+        finally:
+            conn.close()
+
+    def __enter__(self) -> "Load":
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=LOAD_MAX_S)
+
+
+def established_to(port: int) -> int:
+    """TCP connections in state ESTABLISHED whose remote end is 127.0.0.1:`port` (the gateway's
+    pooled connections to an upstream listening there), from /proc/net/tcp."""
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        remote, state = fields[2], fields[3]
+        if state == "01" and remote == f"0100007F:{port:04X}":
+            count += 1
+    return count
+
+
+# --- pools across reloads ------------------------------------------------------------------------
+
+RELOAD_CONFIG = """
+version: 1
+upstreams:
+  up:
+    targets: ["{url}"]
+    timeouts: {{connect: 1s, response: {response}s}}
+    max_connections: {max_connections}
+routes:
+  - match: {{path_prefix: /up, methods: [GET]}}
+    upstream: up
+"""
+
+RELOAD_CLIENTS = 50
+RELOADS = 10
+RELOAD_EVERY_S = 0.5
+
+
+def _reload_under_load(gw, up, change) -> tuple[list[Outcome], list[int]]:
+    """Rewrite the config every RELOAD_EVERY_S, RELOADS times, with `change(n)`'s settings, while
+    RELOAD_CLIENTS clients send requests; the connections open to the upstream, sampled meanwhile."""
+    samples = []
+    with Load(gw.port, "/up/x", RELOAD_CLIENTS) as load:
+        time.sleep(1.0)  # every client has its connection and the pool is warm
+        for n in range(1, RELOADS + 1):
+            gw.write_config(RELOAD_CONFIG.format(url=up.url, **change(n)))
+            deadline = time.monotonic() + RELOAD_EVERY_S
+            while time.monotonic() < deadline:
+                samples.append(established_to(up.port))
+                time.sleep(0.05)
+        generation = gw.health()["generation"]
+    assert generation >= RELOADS // 2, f"only {generation - 1} reloads happened"
+    return load.outcomes, samples
+
+
+def test_reloads_that_change_an_upstream_keep_its_pool(gatewayd, upstream):
+    """Reloads that change an upstream's response timeout keep its pool (and so its connections):
+    the gateway never holds more connections to the upstream than requests can be in flight."""
+    up = upstream("pooled")
+    gw = gatewayd(RELOAD_CONFIG.format(url=up.url, response=10, max_connections=100))
+    outcomes, samples = _reload_under_load(gw, up, lambda n: {"response": 10 + n % 2, "max_connections": 100})
+    failed = [o for o in outcomes if o.status != 200]
+    assert len(outcomes) > 200 and not failed, failed[:5]
+    assert max(samples) <= RELOAD_CLIENTS + 5, f"connections to the upstream during reloads: {samples}"
+
+
+def test_a_replaced_pool_closes_its_connections_once_idle(gatewayd, upstream):
+    """Reloads that change the pool itself (max_connections) replace it; the old one closes its
+    connections once its last request is done, so pools do not pile up, and the count is back to
+    one pool's soon after the last reload. (A dropped pool's connections close within a few tenths
+    of a second: its connects still under way finish first, so at a reload every 0.5 s up to three
+    pools can overlap for a moment.)"""
+    up = upstream("replaced")
+    gw = gatewayd(RELOAD_CONFIG.format(url=up.url, response=10, max_connections=100))
+    outcomes, samples = _reload_under_load(gw, up, lambda n: {"response": 10, "max_connections": 100 + n})
+    failed = [o for o in outcomes if o.status != 200]
+    assert len(outcomes) > 200 and not failed, failed[:5]
+    assert max(samples) <= 3 * RELOAD_CLIENTS + 5, f"connections to the upstream during reloads: {samples}"
+    deadline = time.monotonic() + 3.0
+    while established_to(up.port) > RELOAD_CLIENTS + 5 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert established_to(up.port) <= RELOAD_CLIENTS + 5, "the retired pools' connections are closed"
