@@ -99,6 +99,15 @@ class ObservabilityConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class OutlierConfig:
+    """Passive ejection (gatewayd/upstream/breaker.py): a target that fails `consecutive_failures`
+    requests in a row (0: never) is out of rotation for `ejection_time` seconds."""
+
+    consecutive_failures: int = 5
+    ejection_time: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
 class UpstreamConfig:
     name: str
     targets: tuple[str, ...]
@@ -106,6 +115,7 @@ class UpstreamConfig:
     connect_timeout: float
     response_timeout: float
     max_connections: int
+    outlier: OutlierConfig = OutlierConfig()
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ from pyreqwest.client import ClientBuilder
 
 from ..config.model import UpstreamConfig
 from .balance import BALANCERS
+from .targets import Rotation, Target
 
 log = logging.getLogger("gatewayd.upstream")
 
@@ -84,24 +85,28 @@ class Pool:
 
 
 class Upstream:
-    """One config generation's view of an upstream: its settings, targets and balancer, on a pool
-    that may be shared with the generations before it."""
+    """One config generation's view of an upstream: its settings, targets (with their state, which
+    outlives the generation) and balancer, on a pool that may be shared with the generations before it."""
 
-    __slots__ = ("config", "targets", "balancer", "pool")
+    __slots__ = ("config", "targets", "rotation", "pool")
 
-    def __init__(self, config: UpstreamConfig, pool: Pool | None = None):
+    def __init__(self, config: UpstreamConfig, pool: Pool | None = None, members: tuple[Target, ...] | None = None):
         self.config = config
         self.targets = tuple(t.rstrip("/").encode() for t in config.targets)
-        self.balancer = BALANCERS[config.balance](len(self.targets))
+        if members is None:
+            members = tuple(Target(config.name, t) for t in config.targets)
+        self.rotation = Rotation(members, BALANCERS[config.balance](len(self.targets)), config.outlier)
         self.pool = pool if pool is not None else Pool(config)
 
 
 class UpstreamRegistry:
     """Upstream name -> live `Upstream`. A new config gets the same `Upstream` when the upstream's
-    settings are equal, a new one on the same pool when only settings outside the pool changed."""
+    settings are equal, a new one on the same pool when only settings outside the pool changed;
+    either way each target it keeps keeps its state (ejected, or not)."""
 
     def __init__(self):
         self._live: dict[str, Upstream] = {}
+        self._targets: dict[tuple[str, str], Target] = {}
 
     def resolve(self, configs: dict[str, UpstreamConfig]) -> tuple[dict[str, Upstream], list[Pool]]:
         """The upstreams for a new config, and the pools it no longer uses (to `retire` once it is swapped in)."""
@@ -110,13 +115,14 @@ class UpstreamRegistry:
             old = self._live.get(name)
             if old is not None and old.config == config:
                 live[name] = old
-            elif old is not None and old.pool.key == pool_key(config):
-                live[name] = Upstream(config, old.pool)
-            else:
-                live[name] = Upstream(config)
+                continue
+            pool = old.pool if old is not None and old.pool.key == pool_key(config) else None
+            members = tuple(self._targets.get((name, t)) or Target(name, t) for t in config.targets)
+            live[name] = Upstream(config, pool, members)
         kept = {id(u.pool) for u in live.values()}
         retired = {id(u.pool): u.pool for u in self._live.values() if id(u.pool) not in kept}
         return live, list(retired.values())
 
     def commit(self, live: dict[str, Upstream]) -> None:
         self._live = live
+        self._targets = {(name, t.url): t for name, u in live.items() for t in u.rotation.members}

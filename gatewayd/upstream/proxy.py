@@ -4,7 +4,8 @@ Bodies are streamed both ways (never buffered whole). Hop-by-hop headers (RFC 91
 Connection and the fields it names, Keep-Alive, Proxy-Connection, TE, Trailer, Transfer-Encoding,
 Upgrade) are not forwarded in either direction; X-Forwarded-For/-Proto/-Host, Via and X-Request-Id
 are added. Failures before the response starts become JSON errors: no connection 502, a connect or
-response timeout 504.
+response timeout 504. The target is the upstream's rotation's pick (targets.py), and the outcome
+is reported back to it, so that a failing target leaves rotation (breaker.py).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from ..dispatch.exchange import in_early_data
 from ..dispatch.refusals import body_too_large
 from ..observe import trace
 from ..policies import HeaderEdit
+from .breaker import CANCEL, FAILURE, SUCCESS
 from .pool import Upstream
 
 log = logging.getLogger("gatewayd.proxy")
@@ -35,6 +37,9 @@ _OWN = frozenset({
     b"x-consumer-id",
 })  # fmt: skip
 
+
+# answers that count as a target's failure (with no connection and no answer in time)
+GATEWAY_ERRORS = frozenset({502, 503, 504})
 
 # HTTP versions whose requests may carry a body without Content-Length or Transfer-Encoding
 _FRAMED = frozenset({"2", "3"})
@@ -97,7 +102,7 @@ def compile_proxy(
     dated = response_edit.keeps_date
     response_timeout = upstream.config.response_timeout
     too_large = body_too_large(max_body_bytes)
-    balancer = upstream.balancer
+    rotation = upstream.rotation
     targets = upstream.targets
     pool = upstream.pool
 
@@ -160,8 +165,9 @@ def compile_proxy(
         for name, value in extra_up:
             headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
-        i = balancer.pick()
+        i = rotation.pick()
         pool.acquire()
+        outcome = CANCEL  # for the target's breaker: SUCCESS or FAILURE once known
         # reported to gatewayd.observe: time to the upstream's response headers, or why there were none
         ex.upstream, ex.upstream_ns, ex.upstream_error = upstream_name, None, None
         try:
@@ -180,6 +186,7 @@ def compile_proxy(
             except ClientDisconnected:
                 return
             except (TimeoutError, RequestTimeoutError) as exc:
+                outcome = FAILURE
                 ex.upstream_error = "timeout"
                 kind = "connect" if isinstance(exc, ConnectTimeoutError) else "response"
                 log.warning("upstream %s (%s): %s timeout", upstream_name, targets[i].decode(), kind)
@@ -189,9 +196,13 @@ def compile_proxy(
                     return
                 if isinstance(exc.__cause__, BodyTooLarge) or "BodyTooLarge" in str(exc):
                     return await too_large.send(ex)
+                outcome = FAILURE
                 ex.upstream_error = "unavailable"
                 log.warning("upstream %s (%s): %s", upstream_name, targets[i].decode(), _reason(exc))
                 return await ex.error(502, "upstream_unavailable", f"upstream {upstream.config.name!r} could not be reached")
+            outcome = FAILURE if response.status in GATEWAY_ERRORS else SUCCESS
+            rotation.report(i, outcome)
+            outcome = None  # reported
             try:
                 drop = drop_down
                 if (connection := response.headers.get("connection")) is not None:  # and the fields it names
@@ -213,7 +224,9 @@ def compile_proxy(
             finally:
                 await request.__aexit__(None, None, None)
         finally:
-            balancer.done(i)
+            if outcome is not None:
+                rotation.report(i, outcome)
+            rotation.done(i)
             pool.release()
 
     return proxy

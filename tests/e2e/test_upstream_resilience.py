@@ -152,3 +152,46 @@ def test_a_replaced_pool_closes_its_connections_once_idle(gatewayd, upstream):
     while established_to(up.port) > RELOAD_CLIENTS + 5 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert established_to(up.port) <= RELOAD_CLIENTS + 5, "the retired pools' connections are closed"
+
+
+# --- a target killed under load -------------------------------------------------------------------
+
+TWO_TARGETS = """
+version: 1
+upstreams:
+  pair:
+    targets: ["{a}", "{b}"]
+{extra}routes:
+  - match: {{path_prefix: /pair, methods: [GET]}}
+    upstream: pair
+"""
+KILL_CLIENTS = 4
+
+
+def _kill_under_load(gw, victim, after_s: float = 1.0, then_s: float = 2.0) -> tuple[list[Outcome], float]:
+    """KILL_CLIENTS clients on /pair; `victim` killed after `after_s`; load for `then_s` more."""
+    with Load(gw.port, "/pair/x", KILL_CLIENTS) as load:
+        time.sleep(after_s)
+        killed_at = time.monotonic()
+        victim.proc.kill()
+        victim.proc.wait()
+        time.sleep(then_s)
+    return load.outcomes, killed_at
+
+
+def test_a_killed_target_leaves_rotation(gatewayd, upstream):
+    """With no health settings at all, a target that stops accepting connections leaves rotation
+    after a few failures (passive ejection): the other target serves the rest of the run."""
+    a, b = upstream("a"), upstream("b")
+    gw = gatewayd(TWO_TARGETS.format(a=a.url, b=b.url, extra=""))
+    outcomes, killed_at = _kill_under_load(gw, b)
+    before = [o for o in outcomes if o.ended < killed_at]
+    after = [o for o in outcomes if o.started > killed_at]
+    assert {o.upstream for o in before} == {"a", "b"}
+    failed = [o for o in after if o.status != 200]
+    print(f"\n{gw.engine}: {len(after)} requests after the kill, {len(failed)} failed")
+    assert len(after) > 100
+    assert len(failed) <= 5 + KILL_CLIENTS, f"{len(failed)} of {len(after)} failed after the kill"
+    assert all(o.status in (502, 200) for o in after)
+    last_second = [o for o in after if o.started > killed_at + 1.0]
+    assert last_second and all(o.status == 200 and o.upstream == "a" for o in last_second)
