@@ -9,12 +9,15 @@ from collections import Counter
 import pytest
 
 from gatewayd.config.model import OutlierConfig
+from gatewayd.observe.metrics import TARGET_STATE, TARGET_TRANSITIONS
 from gatewayd.upstream import targets as targets_module
 from gatewayd.upstream.balance import BALANCERS, LeastRequests, RoundRobin
 from gatewayd.upstream.breaker import CANCEL, FAILURE, SUCCESS
+from gatewayd.upstream.health import Settings
 from gatewayd.upstream.targets import Rotation, Target
 
 OUTLIER = OutlierConfig(consecutive_failures=3, ejection_time=10.0)
+CHECKS = Settings(healthy_threshold=2, unhealthy_threshold=2, slow_start=10.0)
 
 
 class Clock:
@@ -32,8 +35,8 @@ def clock(monkeypatch):
     return c
 
 
-def rotation(n: int = 2, balance: str = "round_robin") -> Rotation:
-    return Rotation(tuple(Target("up", f"http://t{i}") for i in range(n)), BALANCERS[balance](n), OUTLIER)
+def rotation(n: int = 2, balance: str = "round_robin", settings: Settings = Settings()) -> Rotation:
+    return Rotation(tuple(Target("up", f"http://t{i}") for i in range(n)), BALANCERS[balance](n), OUTLIER, settings)
 
 
 def send(r: Rotation, outcome: str = SUCCESS, tried: int = 0) -> int:
@@ -131,6 +134,60 @@ def test_health_lists_every_target(clock):
         {"target": "http://t0", "state": "ejected", "for_s": 2.5},
         {"target": "http://t1", "state": "healthy", "for_s": 2.5},
     ]
+
+
+def test_failed_checks_eject_and_passed_checks_bring_back_in_slow_start(clock):
+    r = rotation(2, settings=CHECKS)
+    t = r.members[1]
+    t.check(False, clock.now, r)
+    assert t.state == "healthy"
+    t.check(False, clock.now, r)
+    assert t.state == "ejected" and 1 not in {send(r) for _ in range(6)}
+    t.check(True, clock.now, r)
+    assert t.state == "probing" and 1 not in {send(r) for _ in range(6)}
+    t.check(True, clock.now, r)
+    assert t.state == "slow_start"
+    picks = Counter(send(r) for _ in range(100))
+    assert 2 <= picks[1] <= 12, f"about a tenth of its share at first: {picks}"
+    clock.now += 5.0
+    picks = Counter(send(r) for _ in range(100))
+    assert 25 <= picks[1] <= 40, f"half its share halfway: {picks}"
+    clock.now += 5.0
+    assert Counter(send(r) for _ in range(100)) == {0: 50, 1: 50}
+    assert t.state == "healthy" and t.full
+
+
+def test_a_passed_check_tries_a_passively_ejected_target_at_once(clock):
+    r = rotation(2, settings=CHECKS)
+    eject(r, 1)
+    r.members[1].check(True, clock.now + 1.0, r)
+    assert r.members[1].state == "probing", "half-open long before the ejection ends"
+    picks = [r.pick() for _ in range(4)]
+    assert picks.count(1) == 1
+    r.report(1, SUCCESS)
+    assert r.members[1].state == "slow_start", "back from the breaker: slow start"
+
+
+def test_a_target_out_by_either_machine_is_out(clock):
+    r = rotation(2, settings=CHECKS)
+    t = r.members[1]
+    t.check(False, clock.now, r)
+    t.check(False, clock.now, r)
+    eject(r, 1)
+    clock.now += OUTLIER.ejection_time
+    assert r.health()[1]["state"] == "ejected", "the breaker is half-open, but the checks still fail"
+    assert 1 not in {send(r) for _ in range(6)}
+
+
+def test_state_changes_are_in_the_metrics(clock):
+    r = rotation(2)
+    labels = ("up", "http://t1")
+    entered = TARGET_TRANSITIONS.values.get((*labels, "ejected"), 0)
+    eject(r, 1)
+    assert TARGET_STATE.values[(*labels, "ejected")] == 1 and TARGET_STATE.values[(*labels, "healthy")] == 0
+    assert TARGET_TRANSITIONS.values[(*labels, "ejected")] == entered + 1
+    r.members[1].forget()
+    assert not any(k[:2] == labels for k in TARGET_STATE.values)
 
 
 @pytest.mark.parametrize("weights", [[1.0, 0.25], [1.0, 1.0, 0.5], [0.0, 1.0, 0.1]])

@@ -109,11 +109,16 @@ class Gateway:
         if self.last_good is not None:
             _write_atomically(self.last_good, raw)
 
+    def run(self) -> None:
+        """Called on the serving loop once it runs: start the background work of the loaded config
+        (policy state, upstream health checks)."""
+        self.kept.run()
+        self.registry.run()
+
     async def close(self) -> None:
         self.kept.close()
         await self.observer.close()
-        for pool in self.registry.resolve({})[1]:
-            pool.retire()
+        self.registry.close()
 
 
 def _write_atomically(path: str, data: bytes) -> None:

@@ -103,7 +103,7 @@ async def _together(servers, stop: asyncio.Event) -> None:
 async def _serve(gateway: Gateway, listeners, server: ServerConfig) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    gateway.kept.run()
+    gateway.run()
 
     def on_stop_signal() -> None:
         if not stop.is_set():

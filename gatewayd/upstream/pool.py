@@ -14,13 +14,16 @@ closed as soon as its last request is done: its client is dropped, which closes 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import timedelta
 
 from pyreqwest.client import ClientBuilder
 
 from ..config.model import UpstreamConfig
+from . import probe
 from .balance import BALANCERS
+from .health import Settings
 from .targets import Rotation, Target
 
 log = logging.getLogger("gatewayd.upstream")
@@ -95,18 +98,30 @@ class Upstream:
         self.targets = tuple(t.rstrip("/").encode() for t in config.targets)
         if members is None:
             members = tuple(Target(config.name, t) for t in config.targets)
-        self.rotation = Rotation(members, BALANCERS[config.balance](len(self.targets)), config.outlier)
+        h = config.health
+        settings = Settings(h.healthy_threshold, h.unhealthy_threshold, config.slow_start) if h else Settings(slow_start=config.slow_start)
+        self.rotation = Rotation(members, BALANCERS[config.balance](len(self.targets)), config.outlier, settings)
         self.pool = pool if pool is not None else Pool(config)
+
+    def probe_key(self) -> tuple | None:
+        """What its health checks depend on (None: it has none): equal keys, one task across reloads."""
+        c = self.config
+        if c.health is None:
+            return None
+        return (c.name, c.targets, c.health, c.outlier, c.slow_start, id(self.pool))
 
 
 class UpstreamRegistry:
     """Upstream name -> live `Upstream`. A new config gets the same `Upstream` when the upstream's
     settings are equal, a new one on the same pool when only settings outside the pool changed;
-    either way each target it keeps keeps its state (ejected, or not)."""
+    either way each target it keeps keeps its state (ejected, or not). Also runs the active health
+    checks of the live upstreams (probe.py), once the serving loop runs."""
 
     def __init__(self):
         self._live: dict[str, Upstream] = {}
         self._targets: dict[tuple[str, str], Target] = {}
+        self._probes: dict[tuple, asyncio.Task] = {}
+        self._running = False
 
     def resolve(self, configs: dict[str, UpstreamConfig]) -> tuple[dict[str, Upstream], list[Pool]]:
         """The upstreams for a new config, and the pools it no longer uses (to `retire` once it is swapped in)."""
@@ -124,5 +139,35 @@ class UpstreamRegistry:
         return live, list(retired.values())
 
     def commit(self, live: dict[str, Upstream]) -> None:
+        """Make `live` current: start the health checks it adds, stop those it drops."""
         self._live = live
-        self._targets = {(name, t.url): t for name, u in live.items() for t in u.rotation.members}
+        targets = {(name, t.url): t for name, u in live.items() for t in u.rotation.members}
+        for key, target in self._targets.items():
+            if targets.get(key) is not target:
+                target.forget()
+        self._targets = targets
+        if self._running:
+            self._sync_probes()
+
+    def run(self) -> None:
+        """Called on the serving loop once it runs: start the health checks of the current config."""
+        self._running = True
+        self._sync_probes()
+
+    def close(self) -> None:
+        """Stop the health checks and retire every pool."""
+        _, retired = self.resolve({})
+        self._running = False
+        self.commit({})
+        self._sync_probes()
+        for pool in retired:
+            pool.retire()
+
+    def _sync_probes(self) -> None:
+        wanted = {key: u for u in self._live.values() if (key := u.probe_key()) is not None}
+        for key in [k for k in self._probes if k not in wanted]:
+            self._probes.pop(key).cancel()
+        if self._running:
+            for key, upstream in wanted.items():
+                if key not in self._probes:
+                    self._probes[key] = asyncio.get_running_loop().create_task(probe.run(upstream))

@@ -1,10 +1,19 @@
 """The targets of one upstream as the request path sees them: which one gets a request, and what
 became of it.
 
-The decisions are the tables of breaker.py; this file keeps their state per target, feeds them
-events with the time, logs the transitions, and keeps the request path cheap: while every target
-is in rotation at full weight, `pick` costs the balancer's pick and one attribute read, and a
-success costs two more.
+The decisions are the tables of breaker.py (passive: request outcomes) and health.py (active
+checks and slow start); this file keeps their state per target, feeds them events with the time,
+derives the target's state, logs and counts its changes, and keeps the request path cheap: while
+every target is in rotation at full weight, `pick` costs the balancer's pick and one attribute
+read per target, and a success costs two more.
+
+A target's state, shown by /health and the metrics, is one of
+
+    healthy     in rotation;
+    slow_start  back in rotation with a share of requests that grows (health.py);
+    probing     out of rotation, but its breaker lets one trial request through, or the active
+                checks pass but not yet `healthy_threshold` times in a row;
+    ejected     out of rotation: its breaker is open or the active checks failed.
 
 A `Target` is kept across reloads by its upstream's name and URL (see pool.UpstreamRegistry), so
 an ejected target stays ejected when the config changes around it. A `Rotation` is one config
@@ -16,80 +25,128 @@ from __future__ import annotations
 import logging
 from time import monotonic
 
-from .breaker import ADMIT, CLOSED, CLOSED_BREAKER, HALF_OPEN, OPEN, SUCCESS, TICK, admits
-from .breaker import step as breaker_step
+from ..observe.metrics import HEALTH_CHECKS, TARGET_STATE, TARGET_TRANSITIONS
+from . import breaker, health
+from .breaker import ADMIT, CLOSED, CLOSED_BREAKER, HALF_OPEN, OPEN, SUCCESS
+from .health import EJECTED, HEALTHY, HEALTHY_STATE, PROBING, SLOW_START, Settings
 
 log = logging.getLogger("gatewayd.upstream")
 
-# what /health and the metrics call a target's state
-HEALTHY, EJECTED, PROBING = "healthy", "ejected", "probing"
-_BY_PHASE = {CLOSED: HEALTHY, OPEN: EJECTED, HALF_OPEN: PROBING}
+STATES = (HEALTHY, SLOW_START, PROBING, EJECTED)
+
+
+def state_of(h: health.Health, b: breaker.Breaker) -> str:
+    """A target's state from its two machines: out of rotation by either is out."""
+    if h.kind in (EJECTED, PROBING):
+        return h.kind
+    if b.phase == OPEN:
+        return EJECTED
+    if b.phase == HALF_OPEN:
+        return PROBING
+    return h.kind
 
 
 class Target:
-    """One target's breaker, and whether it is in rotation at full weight (`full`, the request path's check)."""
+    """One target's breaker and health, and whether it is in rotation at full weight (`full`: the
+    request path's check)."""
 
-    __slots__ = ("upstream", "url", "breaker", "full", "since")
+    __slots__ = ("upstream", "url", "breaker", "health", "full", "state", "since")
 
     def __init__(self, upstream: str, url: str):
         self.upstream = upstream
         self.url = url
         self.breaker = CLOSED_BREAKER
+        self.health = HEALTHY_STATE
         self.full = True
+        self.state = HEALTHY
         self.since = monotonic()  # when its state last changed
+        for state in STATES:
+            TARGET_STATE.set((upstream, url, state), 1 if state == HEALTHY else 0)
 
-    @property
-    def state(self) -> str:
-        return _BY_PHASE[self.breaker.phase]
-
-    def on(self, event: str, now: float, outlier) -> None:
-        """Feed `event` to the breaker; log and note a change of state."""
+    def on(self, event: str, now: float, rotation: Rotation) -> None:
+        """Feed a request's outcome (or ADMIT, TICK) to the breaker; a breaker closing again is
+        RECOVERED for the health machine."""
         old = self.breaker
-        new = breaker_step(old, event, now, outlier)
+        new = breaker.step(old, event, now, rotation.outlier)
         if new is old:
             return
-        self.breaker = new
-        self.full = new.phase == CLOSED
-        if new.phase != old.phase:
-            self.since = now
-            if new.phase == OPEN:
-                why = "its trial request failed" if old.phase == HALF_OPEN else f"{outlier.consecutive_failures} failures in a row"
-                log.warning("upstream %s: target %s ejected for %gs (%s)", self.upstream, self.url, new.until - now, why)
-            elif new.phase == CLOSED:
-                log.warning("upstream %s: target %s back in rotation", self.upstream, self.url)
+        h = self.health
+        if new.phase == CLOSED and old.phase != CLOSED:
+            h = health.step(h, health.RECOVERED, now, rotation.settings)
+        elif new.phase == OPEN and old.phase != OPEN:
+            why = "its trial request failed" if old.phase == HALF_OPEN else f"{rotation.outlier.consecutive_failures} failures in a row"
+            log.warning("upstream %s: target %s ejected for %gs (%s)", self.upstream, self.url, new.until - now, why)
+        self._set(h, new, now)
 
-    def weight(self, now: float, outlier) -> float:
-        """Its share of requests now: 1 in rotation, 0 out (a half-open target is in for one trial)."""
+    def check(self, ok: bool, now: float, rotation: Rotation) -> None:
+        """An active health check's result; one that passes also lets an open breaker try at once."""
+        HEALTH_CHECKS.inc((self.upstream, self.url, "pass" if ok else "fail"))
+        h = health.step(self.health, health.CHECK_OK if ok else health.CHECK_FAIL, now, rotation.settings)
+        b = breaker.step(self.breaker, breaker.CHECK_OK, now, rotation.outlier) if ok else self.breaker
+        if h.kind == EJECTED and self.health.kind != EJECTED:
+            log.warning("upstream %s: target %s failed %d health checks in a row", self.upstream, self.url, rotation.settings.unhealthy_threshold)
+        self._set(h, b, now)
+
+    def tick(self, now: float, rotation: Rotation) -> None:
+        """Let time pass: an ejection ends, a trial is given up on, a slow start completes."""
         if self.breaker.phase != CLOSED:
-            self.on(TICK, now, outlier)
-            if not admits(self.breaker):
-                return 0.0
-        return 1.0
+            self.on(breaker.TICK, now, rotation)
+        if self.health.kind == SLOW_START:
+            self._set(health.step(self.health, health.TICK, now, rotation.settings), self.breaker, now)
+
+    def weight(self, now: float, rotation: Rotation) -> float:
+        """Its share of requests now: 0 out of rotation (a half-open target is in for one trial)."""
+        self.tick(now, rotation)
+        if self.breaker.phase != CLOSED and not breaker.admits(self.breaker):
+            return 0.0
+        return health.weight(self.health, now, rotation.settings)
+
+    def _set(self, h: health.Health, b: breaker.Breaker, now: float) -> None:
+        self.health, self.breaker = h, b
+        self.full = h.kind == HEALTHY and b.phase == CLOSED
+        state = state_of(h, b)
+        if state == self.state:
+            return
+        old, self.state, self.since = self.state, state, now
+        labels = (self.upstream, self.url)
+        TARGET_STATE.set((*labels, old), 0)
+        TARGET_STATE.set((*labels, state), 1)
+        TARGET_TRANSITIONS.inc((*labels, state))
+        if state in (HEALTHY, SLOW_START):
+            log.warning("upstream %s: target %s back in rotation (%s)", self.upstream, self.url, state.replace("_", " "))
+
+    def forget(self) -> None:
+        """No config has this target any more: drop its state series."""
+        for state in STATES:
+            TARGET_STATE.remove((self.upstream, self.url, state))
 
 
 class Rotation:
-    """One generation's targets, balancer and outlier settings: `pick` a target, `report` its outcome."""
+    """One generation's targets, balancer and settings: `pick` a target, `report` its outcome."""
 
-    __slots__ = ("members", "balancer", "outlier")
+    __slots__ = ("members", "balancer", "outlier", "settings")
 
-    def __init__(self, members: tuple[Target, ...], balancer, outlier):
+    def __init__(self, members: tuple[Target, ...], balancer, outlier, settings: Settings = Settings()):
         self.members = members
         self.balancer = balancer
         self.outlier = outlier
+        self.settings = settings
 
     def pick(self, tried: int = 0) -> int:
         """A target for a request; `tried` is a bit mask of the targets this request already had (a
         retry goes elsewhere). The caller has checked that some target is left untried."""
-        i = self.balancer.pick()
-        if not tried and self.members[i].full:
-            return i
-        self.balancer.done(i)
+        if not tried:
+            for target in self.members:
+                if not target.full:
+                    break
+            else:
+                return self.balancer.pick()  # every target in rotation at full weight
         return self._pick(tried)
 
     def _pick(self, tried: int) -> int:
         now = monotonic()
-        members, outlier = self.members, self.outlier
-        weights = [0.0 if tried >> k & 1 else m.weight(now, outlier) for k, m in enumerate(members)]
+        members = self.members
+        weights = [0.0 if tried >> k & 1 else m.weight(now, self) for k, m in enumerate(members)]
         if not any(weights):
             # every target left is out of rotation: try them all in turn rather than refuse (a 502
             # is no worse than a 503, and a target that came back is found at once)
@@ -97,7 +154,7 @@ class Rotation:
         i = self.balancer.pick_among(weights)
         target = members[i]
         if target.breaker.phase == HALF_OPEN:
-            target.on(ADMIT, now, outlier)  # this request is its trial
+            target.on(ADMIT, now, self)  # this request is its trial
         return i
 
     def report(self, i: int, event: str) -> None:
@@ -105,7 +162,7 @@ class Rotation:
         target = self.members[i]
         if event is SUCCESS and target.full and not target.breaker.failures:
             return
-        target.on(event, monotonic(), self.outlier)
+        target.on(event, monotonic(), self)
 
     def done(self, i: int) -> None:
         """A request to target i is over (its body sent, or it failed)."""
@@ -115,6 +172,5 @@ class Rotation:
         """Each target's state for /health."""
         now = monotonic()
         for target in self.members:
-            if target.breaker.phase != CLOSED:
-                target.on(TICK, now, self.outlier)
+            target.tick(now, self)
         return [{"target": t.url, "state": t.state, "for_s": round(now - t.since, 3)} for t in self.members]

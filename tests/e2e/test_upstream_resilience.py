@@ -104,6 +104,8 @@ routes:
 """
 
 RELOAD_CLIENTS = 50
+RELOAD_MAX_CONNECTIONS = 60  # a pool may open more connections than requests in flight (hyper races
+# a new connection against waiting for a pooled one), up to its max_connections
 RELOADS = 10
 RELOAD_EVERY_S = 0.5
 
@@ -127,13 +129,13 @@ def _reload_under_load(gw, up, change) -> tuple[list[Outcome], list[int]]:
 
 def test_reloads_that_change_an_upstream_keep_its_pool(gatewayd, upstream):
     """Reloads that change an upstream's response timeout keep its pool (and so its connections):
-    the gateway never holds more connections to the upstream than requests can be in flight."""
+    the gateway never holds more connections to the upstream than the pool's max_connections."""
     up = upstream("pooled")
-    gw = gatewayd(RELOAD_CONFIG.format(url=up.url, response=10, max_connections=100))
-    outcomes, samples = _reload_under_load(gw, up, lambda n: {"response": 10 + n % 2, "max_connections": 100})
+    gw = gatewayd(RELOAD_CONFIG.format(url=up.url, response=10, max_connections=RELOAD_MAX_CONNECTIONS))
+    outcomes, samples = _reload_under_load(gw, up, lambda n: {"response": 10 + n % 2, "max_connections": RELOAD_MAX_CONNECTIONS})
     failed = [o for o in outcomes if o.status != 200]
     assert len(outcomes) > 200 and not failed, failed[:5]
-    assert max(samples) <= RELOAD_CLIENTS + 5, f"connections to the upstream during reloads: {samples}"
+    assert max(samples) <= RELOAD_MAX_CONNECTIONS, f"connections to the upstream during reloads: {samples}"
 
 
 def test_a_replaced_pool_closes_its_connections_once_idle(gatewayd, upstream):
@@ -143,15 +145,16 @@ def test_a_replaced_pool_closes_its_connections_once_idle(gatewayd, upstream):
     of a second: its connects still under way finish first, so at a reload every 0.5 s up to three
     pools can overlap for a moment.)"""
     up = upstream("replaced")
-    gw = gatewayd(RELOAD_CONFIG.format(url=up.url, response=10, max_connections=100))
-    outcomes, samples = _reload_under_load(gw, up, lambda n: {"response": 10, "max_connections": 100 + n})
+    gw = gatewayd(RELOAD_CONFIG.format(url=up.url, response=10, max_connections=RELOAD_MAX_CONNECTIONS))
+    outcomes, samples = _reload_under_load(gw, up, lambda n: {"response": 10, "max_connections": RELOAD_MAX_CONNECTIONS + n})
     failed = [o for o in outcomes if o.status != 200]
     assert len(outcomes) > 200 and not failed, failed[:5]
-    assert max(samples) <= 3 * RELOAD_CLIENTS + 5, f"connections to the upstream during reloads: {samples}"
+    limit = RELOAD_MAX_CONNECTIONS + RELOADS
+    assert max(samples) <= 3 * limit, f"connections to the upstream during reloads: {samples}"
     deadline = time.monotonic() + 3.0
-    while established_to(up.port) > RELOAD_CLIENTS + 5 and time.monotonic() < deadline:
+    while established_to(up.port) > limit and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert established_to(up.port) <= RELOAD_CLIENTS + 5, "the retired pools' connections are closed"
+    assert established_to(up.port) <= limit, "the retired pools' connections are closed"
 
 
 # --- a target killed under load -------------------------------------------------------------------
@@ -195,3 +198,69 @@ def test_a_killed_target_leaves_rotation(gatewayd, upstream):
     assert all(o.status in (502, 200) for o in after)
     last_second = [o for o in after if o.started > killed_at + 1.0]
     assert last_second and all(o.status == 200 and o.upstream == "a" for o in last_second)
+
+
+# --- active health checks: a target that comes back -------------------------------------------------
+
+CHECK_INTERVAL_S = 0.3
+
+
+def restart(up) -> float:
+    """Start the demo upstream `up` again on its port; the monotonic time it answered."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT, UPSTREAM_SCRIPT
+
+    with open(up.log_path, "ab") as log:
+        up.proc = subprocess.Popen(
+            [sys.executable, "-S", str(UPSTREAM_SCRIPT), "--host", HOST, "--port", str(up.port), "--name", up.name],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT,
+        )  # fmt: skip
+    deadline = time.monotonic() + 10.0
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(f"{up.url}/ready", timeout=0.5)
+            return time.monotonic()
+        except httpx.TransportError:
+            time.sleep(0.01)
+    pytest.fail(f"upstream {up.name} did not come back:\n{up.log()}")
+
+
+def target_states(gw, upstream: str = "pair") -> dict[str, str]:
+    return {t["target"]: t["state"] for t in gw.health()["upstreams"][upstream]}
+
+
+def wait_state(gw, url: str, state: str, timeout: float = 5.0) -> float:
+    """The monotonic time /health was seen saying so (its answer's arrival)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if target_states(gw)[url] == state:
+            return time.monotonic()
+        time.sleep(0.01)
+    pytest.fail(f"{url} not {state} after {timeout}s: {gw.health()}; stderr:\n{gw.log()}")
+
+
+def test_a_target_that_comes_back_is_in_rotation_within_one_check_interval(gatewayd, upstream):
+    a, b = upstream("a"), upstream("b")
+    extra = f"    health: {{path: /healthz, interval: {CHECK_INTERVAL_S * 1000:.0f}ms, timeout: 200ms}}\n"
+    gw = gatewayd(TWO_TARGETS.format(a=a.url, b=b.url, extra=extra))
+    assert target_states(gw) == {a.url: "healthy", b.url: "healthy"}
+    with Load(gw.port, "/pair/x", 2) as load:
+        time.sleep(0.5)
+        killed_at = time.monotonic()
+        b.proc.kill()
+        b.proc.wait()
+        out_at = wait_state(gw, b.url, "ejected")
+        metrics = httpx.get(f"{gw.url}/metrics").text
+        time.sleep(0.5)
+        back_at = restart(b)
+        healthy_at = wait_state(gw, b.url, "healthy")
+        time.sleep(0.5)
+    print(f"\n{gw.engine}: out of rotation {out_at - killed_at:.2f}s after the kill, back {healthy_at - back_at:.2f}s after it returned")
+    assert f'gatewayd_upstream_target_state{{state="ejected",target="{b.url}",upstream="pair",worker="0"}} 1.0' in metrics
+    assert healthy_at - back_at <= CHECK_INTERVAL_S + 0.5
+    served_by_b = [o for o in load.outcomes if o.upstream == "b" and o.started > back_at]
+    assert served_by_b and served_by_b[0].started - back_at <= CHECK_INTERVAL_S + 0.5
+    failed = [o for o in load.outcomes if o.status != 200]
+    assert all(killed_at <= o.started <= out_at for o in failed), "failures only until b was out"
