@@ -24,6 +24,7 @@ from ..config.model import UpstreamConfig
 from . import probe
 from .balance import BALANCERS
 from .health import Settings
+from .retry import Retries
 from .targets import Rotation, Target
 
 log = logging.getLogger("gatewayd.upstream")
@@ -91,7 +92,7 @@ class Upstream:
     """One config generation's view of an upstream: its settings, targets (with their state, which
     outlives the generation) and balancer, on a pool that may be shared with the generations before it."""
 
-    __slots__ = ("config", "targets", "rotation", "pool")
+    __slots__ = ("config", "targets", "rotation", "pool", "retries")
 
     def __init__(self, config: UpstreamConfig, pool: Pool | None = None, members: tuple[Target, ...] | None = None):
         self.config = config
@@ -102,6 +103,7 @@ class Upstream:
         settings = Settings(h.healthy_threshold, h.unhealthy_threshold, config.slow_start) if h else Settings(slow_start=config.slow_start)
         self.rotation = Rotation(members, BALANCERS[config.balance](len(self.targets)), config.outlier, settings)
         self.pool = pool if pool is not None else Pool(config)
+        self.retries = Retries(config.name, config.retries, len(self.targets)) if config.retries.attempts > 1 else None
 
     def probe_key(self) -> tuple | None:
         """What its health checks depend on (None: it has none): equal keys, one task across reloads."""

@@ -7,7 +7,7 @@ Load here is bounded twice, like every load loop of the tests: in requests per c
 from __future__ import annotations
 
 import http.client
-import os
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import HOST
+from conftest import HOST, free_port
 
 LOAD_MAX_S = 20.0
 LOAD_MAX_REQUESTS = 5000  # per client
@@ -183,10 +183,11 @@ def _kill_under_load(gw, victim, after_s: float = 1.0, then_s: float = 2.0) -> t
 
 
 def test_a_killed_target_leaves_rotation(gatewayd, upstream):
-    """With no health settings at all, a target that stops accepting connections leaves rotation
-    after a few failures (passive ejection): the other target serves the rest of the run."""
+    """With no health settings, a target that stops accepting connections leaves rotation after a
+    few failures (passive ejection): the other target serves the rest of the run. (Retries off,
+    so that the failures that eject it are seen.)"""
     a, b = upstream("a"), upstream("b")
-    gw = gatewayd(TWO_TARGETS.format(a=a.url, b=b.url, extra=""))
+    gw = gatewayd(TWO_TARGETS.format(a=a.url, b=b.url, extra="    retries: {attempts: 1}\n"))
     outcomes, killed_at = _kill_under_load(gw, b)
     before = [o for o in outcomes if o.ended < killed_at]
     after = [o for o in outcomes if o.started > killed_at]
@@ -198,6 +199,74 @@ def test_a_killed_target_leaves_rotation(gatewayd, upstream):
     assert all(o.status in (502, 200) for o in after)
     last_second = [o for o in after if o.started > killed_at + 1.0]
     assert last_second and all(o.status == 200 and o.upstream == "a" for o in last_second)
+
+
+def test_with_the_default_retries_a_killed_target_fails_no_get(gatewayd, upstream):
+    """GETs that fail on the killed target (refused, or reset before their response) are retried
+    on the other one: the clients see no failure at all."""
+    a, b = upstream("a"), upstream("b")
+    gw = gatewayd(TWO_TARGETS.format(a=a.url, b=b.url, extra=""))
+    outcomes, killed_at = _kill_under_load(gw, b)
+    after = [o for o in outcomes if o.started > killed_at]
+    assert len(after) > 100
+    assert [o for o in outcomes if o.status != 200] == []
+    retried = re.search(r'gatewayd_upstream_retries_total\{result="sent",upstream="pair",worker="0"\} (\d+)', httpx.get(f"{gw.url}/metrics").text)
+    assert retried and 1 <= int(retried.group(1)) <= 5 + KILL_CLIENTS, "retries until b was ejected"
+
+
+DEAD_FIRST = """
+version: 1
+upstreams:
+  pair:
+    targets: ["http://127.0.0.1:{dead}", "{a}"]
+{extra}routes:
+  - match: {{path_prefix: /pair}}
+    upstream: pair
+"""
+
+
+def test_only_idempotent_requests_without_a_body_are_retried(gatewayd, upstream):
+    """Round robin sends the first request to the dead target, the second to the live one, and
+    so on (passive ejection off, so the dead one stays in turn)."""
+    a = upstream("a")
+    gw = gatewayd(DEAD_FIRST.format(dead=free_port(), a=a.url, extra="    outlier: {consecutive_failures: 0}\n"))
+    with httpx.Client(base_url=gw.url, timeout=10) as client:
+        assert client.post("/pair/echo", content=b"body").status_code == 502, "a POST is not retried"
+        assert client.get("/pair/x").json()["upstream"] == "a"
+        assert client.get("/pair/x").json()["upstream"] == "a", "the GET sent to the dead target was retried"
+        assert [client.delete("/pair/x").status_code for _ in range(2)] == [200, 200], "DELETE is idempotent"
+        with_body = [client.put("/pair/echo", content=b"streamed").status_code for _ in range(2)]
+        assert sorted(with_body) == [200, 502], "a PUT with a body is not retried"
+        assert [client.put("/pair/x").status_code for _ in range(2)] == [200, 200], "one without is"
+        assert [client.post("/pair/x").status_code for _ in range(2)] in ([200, 502], [502, 200]), "POST never is"
+
+
+def test_the_retry_budget_stops_a_storm(gatewayd, upstream):
+    """Budget 0: only the few retries any upstream gets (10 in 10 to 20 seconds); half the GETs go
+    to the dead target first, so of 40 GETs 10 are retried and 10 fail."""
+    a = upstream("a")
+    extra = "    outlier: {consecutive_failures: 0}\n    retries: {budget: 0}\n"
+    gw = gatewayd(DEAD_FIRST.format(dead=free_port(), a=a.url, extra=extra))
+    with httpx.Client(base_url=gw.url, timeout=10) as client:
+        statuses = [client.get("/pair/x").status_code for _ in range(40)]
+    assert statuses.count(502) == 10 and statuses.count(200) == 30
+    metrics = httpx.get(f"{gw.url}/metrics").text
+    assert 'gatewayd_upstream_retries_total{result="over_budget",upstream="pair",worker="0"} 10.0' in metrics
+
+
+def test_per_try_and_overall_timeouts(gatewayd, upstream):
+    """Each try waits per_try_timeout; a slow answer is tried on the other target, and the whole
+    request never waits longer than the response timeout."""
+    a, b = upstream("a"), upstream("b")
+    extra = "    timeouts: {response: 2s}\n    retries: {per_try_timeout: 300ms}\n"
+    gw = gatewayd(TWO_TARGETS.format(a=a.url, b=b.url, extra=extra))
+    with httpx.Client(base_url=gw.url, timeout=10) as client:
+        started = time.monotonic()
+        r = client.get("/pair/slow/1000")
+        elapsed = time.monotonic() - started
+        assert r.status_code == 504 and r.json()["error"] == "upstream_timeout"
+        assert 0.55 <= elapsed < 1.5, f"two tries of 300 ms, not the 2 s response timeout: {elapsed:.2f}s"
+        assert client.get("/pair/slow/50").status_code == 200
 
 
 # --- active health checks: a target that comes back -------------------------------------------------
