@@ -333,3 +333,17 @@ def test_a_target_that_comes_back_is_in_rotation_within_one_check_interval(gatew
     assert served_by_b and served_by_b[0].started - back_at <= CHECK_INTERVAL_S + 0.5
     failed = [o for o in load.outcomes if o.status != 200]
     assert all(killed_at <= o.started <= out_at for o in failed), "failures only until b was out"
+
+
+# --- readiness --------------------------------------------------------------------------------------
+
+
+def test_a_single_process_gateway_is_ready_once_it_serves(gatewayd, upstream):
+    """(The multi-worker case is in test_workers.py.)"""
+    a = upstream("a")
+    gw = gatewayd(TWO_TARGETS.format(a=a.url, b=a.url.replace(str(a.port), str(free_port())), extra=""))
+    r = httpx.get(f"{gw.url}/health?ready")
+    assert (r.status_code, r.json()) == (200, {"status": "ok"})
+    health = gw.health()
+    assert health["status"] == "ok"
+    assert [t["state"] for t in health["upstreams"]["pair"]] == ["healthy", "healthy"]
