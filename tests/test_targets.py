@@ -182,12 +182,18 @@ def test_a_target_out_by_either_machine_is_out(clock):
 def test_state_changes_are_in_the_metrics(clock):
     r = rotation(2)
     labels = ("up", "http://t1")
+    r.members[1].publish()  # as the registry does when a config with it goes into service
+    assert TARGET_STATE.values[(*labels, "healthy")] == 1 and TARGET_STATE.values[(*labels, "ejected")] == 0
     entered = TARGET_TRANSITIONS.values.get((*labels, "ejected"), 0)
     eject(r, 1)
     assert TARGET_STATE.values[(*labels, "ejected")] == 1 and TARGET_STATE.values[(*labels, "healthy")] == 0
     assert TARGET_TRANSITIONS.values[(*labels, "ejected")] == entered + 1
     r.members[1].forget()
     assert not any(k[:2] == labels for k in TARGET_STATE.values)
+    r.report(1, SUCCESS)
+    clock.now += OUTLIER.ejection_time
+    r.members[1].tick(clock.now, r)
+    assert not any(k[:2] == labels for k in TARGET_STATE.values), "a forgotten target stays out of the metrics"
 
 
 @pytest.mark.parametrize("weights", [[1.0, 0.25], [1.0, 1.0, 0.5], [0.0, 1.0, 0.1]])

@@ -67,3 +67,18 @@ def test_an_idle_pool_closes_when_retired():
     pool.release()
     pool.retire()
     assert pool._client is None
+
+
+def test_only_targets_in_service_are_in_the_metrics():
+    from gatewayd.observe.metrics import TARGET_STATE
+
+    registry = UpstreamRegistry()
+    two = replace(BASE, name="metered", targets=("http://127.0.0.1:9001", "http://127.0.0.1:9002"))
+    live, _ = registry.resolve({"metered": two})
+    assert not any(k[0] == "metered" for k in TARGET_STATE.values), "not before the config is in service"
+    registry.commit(live)
+    assert {k[1] for k in TARGET_STATE.values if k[0] == "metered"} == set(two.targets)
+    fewer, _ = registry.resolve({"metered": replace(two, targets=two.targets[:1])})
+    registry.commit(fewer)
+    assert {k[1] for k in TARGET_STATE.values if k[0] == "metered"} == {"http://127.0.0.1:9001"}
+    assert fewer["metered"].rotation.members[0] is live["metered"].rotation.members[0], "its state is kept"

@@ -100,7 +100,10 @@ class Upstream:
         if members is None:
             members = tuple(Target(config.name, t) for t in config.targets)
         h = config.health
-        settings = Settings(h.healthy_threshold, h.unhealthy_threshold, config.slow_start) if h else Settings(slow_start=config.slow_start)
+        if h is not None:
+            settings = Settings(h.healthy_threshold, h.unhealthy_threshold, config.slow_start)
+        else:
+            settings = Settings(slow_start=config.slow_start)
         self.rotation = Rotation(members, BALANCERS[config.balance](len(self.targets)), config.outlier, settings)
         self.pool = pool if pool is not None else Pool(config)
         self.retries = Retries(config.name, config.retries, len(self.targets)) if config.retries.attempts > 1 else None
@@ -147,6 +150,9 @@ class UpstreamRegistry:
         for key, target in self._targets.items():
             if targets.get(key) is not target:
                 target.forget()
+        for target in targets.values():
+            if not target.published:
+                target.publish()
         self._targets = targets
         if self._running:
             self._sync_probes()

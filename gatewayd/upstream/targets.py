@@ -50,7 +50,7 @@ class Target:
     """One target's breaker and health, and whether it is in rotation at full weight (`full`: the
     request path's check)."""
 
-    __slots__ = ("upstream", "url", "breaker", "health", "full", "state", "since")
+    __slots__ = ("upstream", "url", "breaker", "health", "full", "state", "since", "published")
 
     def __init__(self, upstream: str, url: str):
         self.upstream = upstream
@@ -60,8 +60,7 @@ class Target:
         self.full = True
         self.state = HEALTHY
         self.since = monotonic()  # when its state last changed
-        for state in STATES:
-            TARGET_STATE.set((upstream, url, state), 1 if state == HEALTHY else 0)
+        self.published = False  # its state is in the metrics (while a config in service has it)
 
     def on(self, event: str, now: float, rotation: Rotation) -> None:
         """Feed a request's outcome (or ADMIT, TICK) to the breaker; a breaker closing again is
@@ -107,16 +106,22 @@ class Target:
         state = state_of(h, b)
         if state == self.state:
             return
-        old, self.state, self.since = self.state, state, now
-        labels = (self.upstream, self.url)
-        TARGET_STATE.set((*labels, old), 0)
-        TARGET_STATE.set((*labels, state), 1)
-        TARGET_TRANSITIONS.inc((*labels, state))
+        self.state, self.since = state, now
+        if self.published:
+            self.publish()
+            TARGET_TRANSITIONS.inc((self.upstream, self.url, state))
         if state in (HEALTHY, SLOW_START):
             log.warning("upstream %s: target %s back in rotation (%s)", self.upstream, self.url, state.replace("_", " "))
 
+    def publish(self) -> None:
+        """Its state in the metrics: 1 for the current one, 0 for the others (from now on, at every change)."""
+        self.published = True
+        for state in STATES:
+            TARGET_STATE.set((self.upstream, self.url, state), 1 if state == self.state else 0)
+
     def forget(self) -> None:
-        """No config has this target any more: drop its state series."""
+        """No config in service has this target any more: drop its state series."""
+        self.published = False
         for state in STATES:
             TARGET_STATE.remove((self.upstream, self.url, state))
 
