@@ -266,6 +266,14 @@ VALID_VARIANTS = {
     "rewrite strip only": _set(["routes", 1, "rewrite"], {"strip_prefix": "/v1"}),
     "empty header value": _set(["policies", "keyed", "headers", "request", "set"], {"X-Empty": ""}),
     "no optional sections": lambda cfg: [cfg.pop(k) for k in ("server", "observability")],
+    "health checks": _set(["upstreams", "items", "health"], {"path": "/healthz", "interval": "2s", "timeout": "500ms", "healthy_threshold": 2, "unhealthy_threshold": 3}),
+    "health path only": _set(["upstreams", "items", "health"], {"path": "/"}),
+    "retries": _set(["upstreams", "items", "retries"], {"attempts": 3, "budget": 0.1, "per_try_timeout": "2s"}),
+    "no retries": _set(["upstreams", "items", "retries"], {"attempts": 1}),
+    "integer budget": _set(["upstreams", "items", "retries"], {"budget": 1}),
+    "outlier off": _set(["upstreams", "items", "outlier"], {"consecutive_failures": 0}),
+    "outlier": _set(["upstreams", "items", "outlier"], {"consecutive_failures": 3, "ejection_time": "30s"}),
+    "slow start": _set(["upstreams", "items", "slow_start"], "30s"),
 }
 
 
@@ -354,6 +362,15 @@ INVALID_VARIANTS = {
     "target with other scheme": (_set(["upstreams", "items", "targets"], ["ftp://files"]), "pattern", ("upstreams", "items", "targets", 0)),
     "bad balance": (_set(["upstreams", "items", "balance"], "random"), "enum", ("upstreams", "items", "balance")),
     "zero max_connections": (_set(["upstreams", "items", "max_connections"], 0), "minimum", ("upstreams", "items", "max_connections")),
+    "health without path": (_set(["upstreams", "items", "health"], {"interval": "5s"}), "required", ("upstreams", "items", "health")),
+    "health path without slash": (_set(["upstreams", "items", "health"], {"path": "healthz"}), "pattern", ("upstreams", "items", "health", "path")),
+    "unknown health key": (_set(["upstreams", "items", "health"], {"path": "/h", "rise": 2}), "additionalProperties", ("upstreams", "items", "health")),
+    "zero healthy_threshold": (_set(["upstreams", "items", "health"], {"path": "/h", "healthy_threshold": 0}), "minimum", ("upstreams", "items", "health", "healthy_threshold")),
+    "zero attempts": (_set(["upstreams", "items", "retries"], {"attempts": 0}), "minimum", ("upstreams", "items", "retries", "attempts")),
+    "budget above 1": (_set(["upstreams", "items", "retries"], {"budget": 1.5}), "maximum", ("upstreams", "items", "retries", "budget")),
+    "unknown retries key": (_set(["upstreams", "items", "retries"], {"on": ["502"]}), "additionalProperties", ("upstreams", "items", "retries")),
+    "negative consecutive_failures": (_set(["upstreams", "items", "outlier"], {"consecutive_failures": -1}), "minimum", ("upstreams", "items", "outlier", "consecutive_failures")),
+    "slow_start as number": (_set(["upstreams", "items", "slow_start"], 30), "type", ("upstreams", "items", "slow_start")),
     # durations
     "duration with space": (_set(["upstreams", "items", "timeouts", "connect"], "1 s"), "pattern", ("upstreams", "items", "timeouts", "connect")),
     "duration without unit": (_set(["upstreams", "items", "timeouts", "connect"], "30"), "pattern", ("upstreams", "items", "timeouts", "connect")),

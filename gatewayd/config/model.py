@@ -100,13 +100,48 @@ class ObservabilityConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class OutlierConfig:
+    """Passive ejection (gatewayd/upstream/breaker.py): a target that fails `consecutive_failures`
+    requests in a row (0: never) is out of rotation for `ejection_time` seconds."""
+
+    consecutive_failures: int = 5
+    ejection_time: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheckConfig:
+    """Active checks (gatewayd/upstream/health.py, probe.py): `GET path` to each target every
+    `interval` seconds, passing on 2xx or 3xx within `timeout`; thresholds in checks in a row."""
+
+    path: str
+    interval: float = 5.0
+    timeout: float = 1.0
+    healthy_threshold: int = 1
+    unhealthy_threshold: int = 2
+
+
+@dataclass(frozen=True, slots=True)
+class RetryConfig:
+    """`attempts` tries at most (1: no retries), within `budget` (a fraction of requests); each try
+    waits `per_try_timeout` seconds at most for its response (None: what is left of the response timeout)."""
+
+    attempts: int = 2
+    budget: float = 0.2
+    per_try_timeout: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class UpstreamConfig:
     name: str
     targets: tuple[str, ...]
     balance: str
     connect_timeout: float
-    response_timeout: float
+    response_timeout: float  # from sending the request to the response headers, all tries together
     max_connections: int
+    outlier: OutlierConfig = OutlierConfig()
+    health: HealthCheckConfig | None = None  # None: no active checks
+    slow_start: float = 0.0  # seconds
+    retries: RetryConfig = RetryConfig()
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,22 +231,43 @@ def _limits(server: dict) -> Limits:
     )
 
 
+def _upstream(name: str, u: dict) -> UpstreamConfig:
+    timeouts = u.get("timeouts", {})
+    outlier, retries, health = u.get("outlier", {}), u.get("retries", {}), u.get("health")
+    per_try = retries.get("per_try_timeout")
+    return UpstreamConfig(
+        name=name,
+        targets=tuple(u["targets"]),
+        balance=u.get("balance", "round_robin"),
+        connect_timeout=units.seconds(timeouts.get("connect", "1s")),
+        response_timeout=units.seconds(timeouts.get("response", "30s")),
+        max_connections=u.get("max_connections", 100),
+        outlier=OutlierConfig(
+            consecutive_failures=outlier.get("consecutive_failures", 5),
+            ejection_time=units.seconds(outlier.get("ejection_time", "10s")),
+        ),
+        health=None if health is None else HealthCheckConfig(
+            path=health["path"],
+            interval=units.seconds(health.get("interval", "5s")),
+            timeout=units.seconds(health.get("timeout", "1s")),
+            healthy_threshold=health.get("healthy_threshold", 1),
+            unhealthy_threshold=health.get("unhealthy_threshold", 2),
+        ),
+        slow_start=units.seconds(u.get("slow_start", "0s")),
+        retries=RetryConfig(
+            attempts=retries.get("attempts", 2),
+            budget=float(retries.get("budget", 0.2)),
+            per_try_timeout=None if per_try is None else units.seconds(per_try),
+        ),
+    )  # fmt: skip
+
+
 def build(data: dict, file: str, sha256: str, marks: Marks, secret_paths: frozenset, skip_routes=frozenset()) -> Config:
     """`skip_routes`: indexes of routes to leave out (they failed the schema; see salvage.py)."""
     server = data.get("server", {})
     obs = data.get("observability", {})
     endpoints = obs.get("endpoints", {})
-    upstreams = {}
-    for name, u in data.get("upstreams", {}).items():
-        timeouts = u.get("timeouts", {})
-        upstreams[name] = UpstreamConfig(
-            name=name,
-            targets=tuple(u["targets"]),
-            balance=u.get("balance", "round_robin"),
-            connect_timeout=units.seconds(timeouts.get("connect", "1s")),
-            response_timeout=units.seconds(timeouts.get("response", "30s")),
-            max_connections=u.get("max_connections", 100),
-        )
+    upstreams = {name: _upstream(name, u) for name, u in data.get("upstreams", {}).items()}
     routes = []
     for i, r in enumerate(data["routes"]):
         if i in skip_routes:

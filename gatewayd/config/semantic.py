@@ -69,6 +69,7 @@ def check(config: Config) -> list[Problem]:
             message = message.replace(f"route {finding.related}", f"the route at line {line}")
         problems.append(Problem(where, message))
     problems += _server_problems(config)
+    problems += _upstream_problems(config)
     problems += _policy_problems(config)
     problems += _engine_header_problems(config)
     if config.observability.otel is not None and not otel_available():
@@ -128,6 +129,28 @@ def _own_endpoints(config: Config) -> list[tuple[str, str]]:
     obs = config.observability
     paths = (("health", obs.health_path), ("latency", obs.latency_path), ("metrics", obs.metrics_path))
     return [(key, path) for key, path in paths if path]
+
+
+def _upstream_problems(config: Config) -> list[Problem]:
+    """Durations that must be more than 0s, and timeouts that must fit in others."""
+    at = config.marks.at
+    problems: list[Problem] = []
+    for name, u in config.upstreams.items():
+        base = ("upstreams", name)
+        if u.outlier.ejection_time <= 0:
+            problems.append(Problem(at(base + ("outlier", "ejection_time")), "ejection_time must be more than 0s"))
+        if u.health is not None:
+            if u.health.interval <= 0:
+                problems.append(Problem(at(base + ("health", "interval")), "interval must be more than 0s"))
+            elif not 0 < u.health.timeout < u.health.interval:
+                problems.append(Problem(at(base + ("health", "timeout")), "timeout must be more than 0s and shorter than interval"))
+        per_try = u.retries.per_try_timeout
+        if per_try is not None and not 0 < per_try <= u.response_timeout:
+            problems.append(Problem(
+                at(base + ("retries", "per_try_timeout")),
+                "per_try_timeout must be more than 0s and at most timeouts.response, which bounds all tries together",
+            ))  # fmt: skip
+    return problems
 
 
 def _server_problems(config: Config) -> list[Problem]:

@@ -75,7 +75,7 @@ def compile_table(
     return Table(
         router=Router(specs),
         routes=tuple(compiled),
-        endpoints=_endpoints(config, status, observer, ctx.kept),
+        endpoints=_endpoints(config, status, observer, ctx.kept, upstreams),
         record=observer.record if observer is not None and config.observability.record else _ignore,
         server_timing=config.observability.server_timing,
         detailed_timing=config.observability.server_timing_detailed,
@@ -95,12 +95,12 @@ def _options_not_allowed(methods):
     return step
 
 
-def _endpoints(config: Config, status: RuntimeStatus, observer, kept: Generation) -> dict:
+def _endpoints(config: Config, status: RuntimeStatus, observer, kept: Generation, upstreams: dict) -> dict:
     """Path -> action of the gateway's own endpoints that are enabled."""
     obs = config.observability
     endpoints = {}
     if obs.health_path:
-        endpoints[obs.health_path] = compile_health(status, kept)
+        endpoints[obs.health_path] = compile_health(status, kept, upstreams)
     if observer is not None:
         local_only = obs.endpoints_access == "local"
         if obs.latency_path:

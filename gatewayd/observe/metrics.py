@@ -7,7 +7,9 @@ Adding a counter (a new policy's, say) is one call, at import or compile time, i
     rejected = REJECTED.labels("per-client")      # once, when the policy compiles
     rejected.inc()                                # on the request path: one dict update, ~0.1 us
 
-Every registered counter is exported, for every worker, with no other change. Names follow
+Every registered counter is exported, for every worker, with no other change. A gauge (a value
+that is set, such as a target's state) is registered the same way with `metrics.gauge(...)` and
+set with `.set(labels, value)`; `.remove(labels)` drops a series whose subject is gone. Names follow
 Prometheus conventions (`gatewayd_` prefix, `_total` suffix); label values must be bounded (route and
 upstream names, not paths or client addresses).
 
@@ -69,6 +71,7 @@ class Child:
 
 class Counter:
     __slots__ = ("name", "help", "labelnames", "values")
+    kind = "counter"
 
     def __init__(self, name: str, help: str, labelnames: tuple[str, ...]):
         self.name = name
@@ -87,37 +90,58 @@ class Counter:
         values[labels] = values.get(labels, 0) + amount
 
 
+class Gauge(Counter):
+    """A value that is set, not added to; label values must be bounded as a counter's."""
+
+    __slots__ = ()
+    kind = "gauge"
+
+    def set(self, labels: tuple, value: float) -> None:
+        self.values[labels] = value
+
+    def remove(self, labels: tuple) -> None:
+        self.values.pop(labels, None)
+
+
 class Registry:
     def __init__(self):
         self._counters: dict[str, Counter] = {}
 
     def counter(self, name: str, help: str, labels: tuple[str, ...] = ()) -> Counter:
         """The counter `name`, registered on first use; registering it again with the same labels returns it."""
+        return self._register(Counter, name, help, labels)
+
+    def gauge(self, name: str, help: str, labels: tuple[str, ...] = ()) -> Gauge:
+        """The gauge `name`, registered on first use, as `counter`."""
+        return self._register(Gauge, name, help, labels)
+
+    def _register(self, cls, name: str, help: str, labels) -> Counter:
         labels = tuple(labels)
         existing = self._counters.get(name)
         if existing is not None:
-            if existing.labelnames != labels:
-                raise ValueError(f"counter {name} is already registered with labels {existing.labelnames}")
+            if existing.labelnames != labels or type(existing) is not cls:
+                raise ValueError(f"{name} is already registered as a {existing.kind} with labels {existing.labelnames}")
             return existing
-        if not _NAME.match(name) or not name.endswith("_total"):
-            raise ValueError(f"counter name {name!r}: use letters, digits and _, ending in _total")
+        if not _NAME.match(name) or name.endswith("_total") != (cls is Counter):
+            raise ValueError(f"{cls.kind} name {name!r}: use letters, digits and _, ending in _total for a counter only")
         for label in (*labels, "worker"):
             if not _LABEL.match(label) or label.startswith("__"):
                 raise ValueError(f"label name {label!r} is not valid")
         if "worker" in labels:
             raise ValueError("the label `worker` is added to every series; do not declare it")
-        counter = self._counters[name] = Counter(name, help, labels)
+        counter = self._counters[name] = cls(name, help, labels)
         return counter
 
     def snapshot(self) -> dict:
         return {
-            c.name: {"help": c.help, "labels": list(c.labelnames), "values": [[*k, v] for k, v in c.values.items()]}
+            c.name: {"help": c.help, "labels": list(c.labelnames), "values": [[*k, v] for k, v in c.values.items()], "type": c.kind}
             for c in self._counters.values()
         }
 
 
 REGISTRY = Registry()
 counter = REGISTRY.counter
+gauge = REGISTRY.gauge
 
 # the gateway's own counters, fed by the observer's fold
 REQUESTS = counter("gatewayd_requests_total", "HTTP requests answered, by route, method and status class.", ("route", "method", "status"))
@@ -125,6 +149,22 @@ UPSTREAM_ERRORS = counter(
     "gatewayd_upstream_errors_total",
     "Upstream requests that failed before a response: kind is timeout or unavailable.",
     ("upstream", "kind"),
+)
+# upstream targets (gatewayd/upstream/targets.py), set where their state changes
+TARGET_STATE = gauge(
+    "gatewayd_upstream_target_state",
+    "1 for a target's current state (healthy, slow_start, probing or ejected), 0 for the others.",
+    ("upstream", "target", "state"),
+)
+TARGET_TRANSITIONS = counter(
+    "gatewayd_upstream_target_transitions_total",
+    "Times a target entered a state (healthy, slow_start, probing or ejected).",
+    ("upstream", "target", "state"),
+)
+HEALTH_CHECKS = counter(
+    "gatewayd_upstream_health_checks_total",
+    "Active health checks of a target, by result (pass or fail).",
+    ("upstream", "target", "result"),
 )
 
 
@@ -174,7 +214,8 @@ class _Collector:
             for name, c in w.get("counters", {}).items():
                 names.setdefault(name, c)
         for name, spec in sorted(names.items()):
-            family = CounterMetricFamily(name, spec["help"], labels=(*spec["labels"], "worker"))
+            kind = GaugeMetricFamily if spec.get("type") == "gauge" else CounterMetricFamily
+            family = kind(name, spec["help"], labels=(*spec["labels"], "worker"))
             for w in workers:
                 for row in w.get("counters", {}).get(name, {}).get("values", ()):
                     family.add_metric([*map(str, row[:-1]), w["worker"]], row[-1])

@@ -20,15 +20,11 @@ from ..dispatch.compile import compile_table
 from ..dispatch.table import Table
 from ..observe import Observer
 from ..store import HostStore, MemoryStore
-from ..upstream.pool import Upstream, UpstreamRegistry
+from ..upstream.pool import Pool, Upstream, UpstreamRegistry
 from .kept import Kept
 from .status import RuntimeStatus
 
 log = logging.getLogger("gatewayd")
-
-# a retired upstream pool is closed once the requests still using it are done; checked this often
-RETIRE_POLL_S = 1.0
-
 
 class Gateway:
     def __init__(self, path: str, store: HostStore | None = None, state_dir: str | None = None):
@@ -46,7 +42,7 @@ class Gateway:
         self.table: Table | None = None
         self._lock = asyncio.Lock()
 
-    def _build(self, raw: bytes) -> tuple[Config, Table, dict[str, Upstream], list[Upstream]]:
+    def _build(self, raw: bytes) -> tuple[Config, Table, dict[str, Upstream], list[Pool]]:
         config = load_bytes(raw, self.path)
         live, retired = self.registry.resolve(config.upstreams)
         kept = self.kept.generation()
@@ -98,8 +94,8 @@ class Gateway:
                 return False
             self._swap(config, table, live, raw)
             log.info("reload (%s): generation %d, config sha256 %s", reason, self.status.generation, config.sha256[:12])
-            for upstream in retired:
-                asyncio.ensure_future(_close_when_idle(upstream))
+            for pool in retired:
+                pool.retire()  # closed now, or by the release of its last request
             return True
 
     def _swap(self, config: Config, table: Table, live: dict[str, Upstream], raw: bytes) -> None:
@@ -113,11 +109,16 @@ class Gateway:
         if self.last_good is not None:
             _write_atomically(self.last_good, raw)
 
+    def run(self) -> None:
+        """Called on the serving loop once it runs: start the background work of the loaded config
+        (policy state, upstream health checks)."""
+        self.kept.run()
+        self.registry.run()
+
     async def close(self) -> None:
         self.kept.close()
         await self.observer.close()
-        for upstream in self.registry.resolve({})[1]:
-            await upstream.close()
+        self.registry.close()
 
 
 def _write_atomically(path: str, data: bytes) -> None:
@@ -128,9 +129,3 @@ def _write_atomically(path: str, data: bytes) -> None:
         os.replace(tmp, path)
     except OSError as exc:
         log.warning("cannot keep a copy of the config in %s: %s", path, exc)
-
-
-async def _close_when_idle(upstream: Upstream) -> None:
-    while upstream.active:
-        await asyncio.sleep(RETIRE_POLL_S)
-    await upstream.close()

@@ -1,4 +1,5 @@
-"""What this process knows about its own config: generation, hash, last reload and its error."""
+"""What this process knows about its own config: generation, hash, last reload and its error, and
+whether its host is ready (every worker serves its config: see server/supervisor.py)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ class RuntimeStatus:
     last_reload_error: str | None = None  # the located message of the last failed reload, or None
     started_monotonic: float = field(default_factory=time.monotonic)
     worker: int = 0  # this process's index among the host's worker processes (0 when it serves alone)
+    ready: bool = True  # False in a worker until every worker of its host serves its first config
 
     def loaded(self, sha256: str) -> None:
         self.generation += 1
@@ -27,7 +29,7 @@ class RuntimeStatus:
 
     def health(self) -> dict:
         return {
-            "status": "ok",
+            "status": "ok" if self.ready else "starting",
             "generation": self.generation,
             "config_sha256": self.config_sha256,
             "last_reload_at": self.last_reload_at,

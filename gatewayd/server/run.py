@@ -22,7 +22,7 @@ from ..runtime.gateway import Gateway
 from ..runtime.watch import reload_on_sighup, watch_file
 from ..store import open_host_store
 from .app import GatewayApp
-from .supervisor import SIGNALS, Supervisor, WorkerRole, allowed_cpus
+from .supervisor import SIGNAL_READY, SIGNALS, Supervisor, WorkerRole, allowed_cpus
 
 log = logging.getLogger("gatewayd")
 
@@ -44,7 +44,7 @@ def serve(path: str, listen: list[str]) -> int:
     if role is not None:
         _die_with_supervisor(role.supervisor_pid)
         _label_logs(role.index)
-        return _serve_process(path, listen, role.index, role.cpu, role.state_dir)
+        return _serve_process(path, listen, role.index, role.cpu, role.state_dir, role)
     try:
         config = load_bytes(read(path), path)
     except ConfigError as exc:
@@ -57,13 +57,17 @@ def serve(path: str, listen: list[str]) -> int:
     return _serve_process(path, listen, 0, cpu, None)
 
 
-def _serve_process(path: str, listen: list[str], worker: int, cpu: int | None, state_dir: str | None) -> int:
+def _serve_process(
+    path: str, listen: list[str], worker: int, cpu: int | None, state_dir: str | None, role: WorkerRole | None = None
+) -> int:  # fmt: skip
     if cpu is not None:
         _pin(cpu)  # before any thread starts: threads inherit the affinity of the thread creating them
     store = open_host_store(state_dir)  # shared by the host's workers, or private when serving alone
     try:
         gateway = Gateway(path, store=store, state_dir=state_dir)
         gateway.status.worker = worker
+        if role is not None:
+            gateway.status.ready = role.host_ready
         try:
             config = gateway.start()
         except ConfigError as exc:
@@ -80,7 +84,7 @@ def _serve_process(path: str, listen: list[str], worker: int, cpu: int | None, s
             len(config.routes),
         )
         try:
-            uvloop.run(_serve(gateway, listeners, config.server))
+            uvloop.run(_serve(gateway, listeners, config.server, role))
         except OSError as exc:  # a listener could not be bound
             log.error("%s", exc)
             return 1
@@ -100,10 +104,12 @@ async def _together(servers, stop: asyncio.Event) -> None:
             raise result
 
 
-async def _serve(gateway: Gateway, listeners, server: ServerConfig) -> None:
+async def _serve(gateway: Gateway, listeners, server: ServerConfig, role: WorkerRole | None = None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    gateway.kept.run()
+    gateway.run()
+    if role is not None and role.supervisor_pid is not None:  # readiness (see supervisor.py)
+        loop.add_signal_handler(SIGNAL_READY, lambda: setattr(gateway.status, "ready", True))
 
     def on_stop_signal() -> None:
         if not stop.is_set():
@@ -126,6 +132,8 @@ async def _serve(gateway: Gateway, listeners, server: ServerConfig) -> None:
         from .quic.listener import serve as serve_quic
 
         servers.append(serve_quic(app, gateway.store, server, stop))
+    if role is not None and role.supervisor_pid is not None:
+        loop.call_soon(_tell_serving, role.supervisor_pid)  # its config loaded, its engines starting
     try:
         await _together(servers, stop)
     finally:
@@ -133,6 +141,13 @@ async def _serve(gateway: Gateway, listeners, server: ServerConfig) -> None:
         await watcher
         await gateway.close()
         log.info("gatewayd stopped")
+
+
+def _tell_serving(supervisor_pid: int) -> None:
+    try:
+        os.kill(supervisor_pid, SIGNAL_READY)
+    except ProcessLookupError:  # the supervisor is gone, and this worker will be soon
+        pass
 
 
 def _pin(cpu: int) -> None:

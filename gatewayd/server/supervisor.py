@@ -8,6 +8,12 @@ up to 30 s while it keeps dying), gives up when one worker dies `CRASH_LOOP_DEAT
 and on SIGTERM or SIGINT forwards SIGTERM and waits for the workers to finish their requests in
 flight (up to `server.shutdown_timeout`, then 2 s more before it kills stragglers), exiting 0.
 
+Readiness: each worker sends the supervisor SIGUSR1 once it serves its first config; when every
+worker has, the supervisor sends each of them SIGUSR1 in turn, and from then on their `/health`
+says `ok` instead of `starting` (503), so that a load balancer sends traffic only to a host whose
+workers all serve. Workers started later (restarts) are told at start (`ENV_READY`): the host
+stays ready.
+
 Workers are subprocesses running `python -m gatewayd serve ...`, the command a single-process
 gateway runs, told by environment variables (`ENV_*` below, internal) which worker they are, which
 core to pin themselves to and where the host's state folder is. Chosen over a multiprocessing
@@ -51,9 +57,12 @@ ENV_WORKER = "GATEWAYD_WORKER"  # the worker's index, 0 to workers-1
 ENV_CPU = "GATEWAYD_WORKER_CPU"  # with server.cpu_pinning: the core the worker pins itself to
 ENV_SUPERVISOR = "GATEWAYD_SUPERVISOR_PID"
 ENV_STATE_DIR = "GATEWAYD_STATE_DIR"  # the folder for state shared by the host's workers
+ENV_READY = "GATEWAYD_HOST_READY"  # set once every worker of the host has served its first config
 
+# worker -> supervisor: "I serve my first config"; supervisor -> worker: "every worker does"
+SIGNAL_READY = signal.SIGUSR1
 # blocked in the supervisor (and so, until they unblock them, in the workers it starts)
-SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD})
+SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, SIGNAL_READY})
 
 BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 30.0
@@ -79,6 +88,7 @@ class WorkerRole:
     cpu: int | None
     state_dir: str | None
     supervisor_pid: int | None
+    host_ready: bool = False  # every worker of the host has served its first config
 
     @classmethod
     def from_env(cls, env=os.environ) -> WorkerRole | None:
@@ -92,6 +102,7 @@ class WorkerRole:
             cpu=int(cpu) if cpu else None,
             state_dir=env.get(ENV_STATE_DIR) or None,
             supervisor_pid=int(supervisor) if supervisor else None,
+            host_ready=env.get(ENV_READY) == "1",
         )
 
 
@@ -114,6 +125,7 @@ class _Slot:
     restart_at: float | None = None
     backoff: float = BACKOFF_FIRST_S
     deaths: deque = field(default_factory=deque)  # monotonic times of recent deaths
+    serving: bool = False  # its current process said it serves its config (SIGNAL_READY)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -129,6 +141,7 @@ class Supervisor:
         self.slots = [_Slot(i, cpus[i % len(cpus)] if pin else None) for i in range(workers)]
         self.state_dir = ""
         self._store = None  # the host store, opened at the first restart (to count restarts)
+        self.ready = False  # every worker has served its first config (and has been told so)
 
     def run(self) -> int:
         """Start the workers and look after them until a stop signal (0) or a crash loop (1)."""
@@ -171,10 +184,12 @@ class Supervisor:
         env.pop(ENV_CPU, None)
         if slot.cpu is not None:
             env[ENV_CPU] = str(slot.cpu)
+        env[ENV_READY] = "1" if self.ready else "0"
         cmd = [sys.executable, "-m", "gatewayd", "serve", "--config", self.path, *(f"--listen={l}" for l in self.listen)]
         slot.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
         slot.started = time.monotonic()
         slot.restart_at = None
+        slot.serving = False
         log.info("worker %d started (pid %d%s)", slot.index, slot.proc.pid, "" if slot.cpu is None else f", core {slot.cpu}")
 
     def _signal_all(self, signum: int) -> None:
@@ -201,6 +216,8 @@ class Supervisor:
                 if info.si_signo == signal.SIGHUP:
                     log.info("SIGHUP: asking every worker to reload")
                     self._signal_all(signal.SIGHUP)
+                if info.si_signo == SIGNAL_READY:
+                    self._serving(info.si_pid)
             for slot in self.slots:
                 if slot.proc is not None and slot.proc.poll() is not None and self._died(slot):
                     return 1
@@ -209,6 +226,16 @@ class Supervisor:
                 if slot.restart_at is not None and slot.restart_at <= now:
                     self._spawn(slot)
                     self._count_restart()
+
+    def _serving(self, pid: int) -> None:
+        """Worker `pid` serves its first config; once every worker does, tell them all."""
+        for slot in self.slots:
+            if slot.proc is not None and slot.proc.pid == pid:
+                slot.serving = True
+        if not self.ready and all(slot.serving for slot in self.slots):
+            self.ready = True
+            log.info("all %d workers serve: ready", len(self.slots))
+            self._signal_all(SIGNAL_READY)
 
     def _count_restart(self) -> None:
         """Add one to the host's `gatewayd_worker_restarts_total` (kept in the host store); never fatal."""

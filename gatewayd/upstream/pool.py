@@ -2,39 +2,56 @@
 
 The HTTP client is pyreqwest (Rust's reqwest): `bench/upstream_clients.py` measured it on a 2-core
 machine at 0.32 of nginx's proxy rate against aiohttp's 0.19 and httpx's 0.013, with streamed bodies,
-connect timeouts and HTTP/1.1 keep-alive pooling. One client (one pool) per upstream; the registry
-hands the same `Upstream` to a new config when its settings did not change, so a reload keeps warm
-connections.
+connect timeouts and HTTP/1.1 keep-alive pooling.
+
+One `Pool` (one client) per upstream, defined by the settings a client is built with (connect
+timeout, connection limit): a reload that changes anything else of an upstream (its targets, its
+response timeout, its balancing) gets a new `Upstream` on the same pool, so warm connections stay
+and the upstream never sees two pools' connections for one. A pool that no config uses any more is
+closed as soon as its last request is done: its client is dropped, which closes its connections
+(pyreqwest's `close()` only cancels requests in flight, and there are none then).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import timedelta
 
 from pyreqwest.client import ClientBuilder
 
 from ..config.model import UpstreamConfig
+from . import probe
 from .balance import BALANCERS
+from .health import Settings
+from .retry import Retries
+from .targets import Rotation, Target
 
 log = logging.getLogger("gatewayd.upstream")
 
 
-class Upstream:
-    __slots__ = ("config", "targets", "balancer", "active", "_client")
+def pool_key(config: UpstreamConfig) -> tuple:
+    """What a pool is built from: upstreams whose keys are equal can share connections."""
+    return (config.connect_timeout, config.max_connections)
+
+
+class Pool:
+    """One upstream's pyreqwest client, built on first use, inside the serving loop (checks and
+    `explain` never open connections). `acquire`/`release` around every use, so that a retired
+    pool is closed exactly when its last request is done."""
+
+    __slots__ = ("key", "active", "retired", "_client")
 
     def __init__(self, config: UpstreamConfig):
-        self.config = config
-        self.targets = tuple(t.rstrip("/").encode() for t in config.targets)
-        self.balancer = BALANCERS[config.balance](len(self.targets))
-        self.active = 0  # requests in flight, so a retired pool is closed only once they are done
+        self.key = pool_key(config)
+        self.active = 0  # requests (and health checks) using the client
+        self.retired = False
         self._client = None
 
     @property
     def client(self):
-        """Built on first use, inside the serving loop (checks and `explain` never open connections)."""
         if self._client is None:
-            c = self.config
+            connect_timeout, max_connections = self.key
             self._client = (
                 ClientBuilder()
                 .follow_redirects(False)
@@ -43,34 +60,122 @@ class Upstream:
                 .zstd(False)
                 .deflate(False)
                 .tcp_nodelay(True)
-                .connect_timeout(timedelta(seconds=c.connect_timeout))
-                .max_connections(c.max_connections)
-                .pool_max_idle_per_host(c.max_connections)
+                .connect_timeout(timedelta(seconds=connect_timeout))
+                .max_connections(max_connections)
+                .pool_max_idle_per_host(max_connections)
                 .pool_idle_timeout(timedelta(seconds=60))
                 .build()
             )
         return self._client
 
-    async def close(self) -> None:
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
+    def acquire(self) -> None:
+        self.active += 1
+
+    def release(self) -> None:
+        self.active -= 1
+        if self.retired and not self.active:
+            self._drop()
+
+    def retire(self) -> None:
+        """No config uses this pool any more: close it now if idle, else when its last request is done.
+        (A request that took the old table just before the swap may still `acquire` it; it gets a
+        client again, which its `release` closes.)"""
+        self.retired = True
+        if not self.active:
+            self._drop()
+
+    def _drop(self) -> None:
+        self._client = None
+
+
+class Upstream:
+    """One config generation's view of an upstream: its settings, targets (with their state, which
+    outlives the generation) and balancer, on a pool that may be shared with the generations before it."""
+
+    __slots__ = ("config", "targets", "rotation", "pool", "retries")
+
+    def __init__(self, config: UpstreamConfig, pool: Pool | None = None, members: tuple[Target, ...] | None = None):
+        self.config = config
+        self.targets = tuple(t.rstrip("/").encode() for t in config.targets)
+        if members is None:
+            members = tuple(Target(config.name, t) for t in config.targets)
+        h = config.health
+        if h is not None:
+            settings = Settings(h.healthy_threshold, h.unhealthy_threshold, config.slow_start)
+        else:
+            settings = Settings(slow_start=config.slow_start)
+        self.rotation = Rotation(members, BALANCERS[config.balance](len(self.targets)), config.outlier, settings)
+        self.pool = pool if pool is not None else Pool(config)
+        self.retries = Retries(config.name, config.retries, len(self.targets)) if config.retries.attempts > 1 else None
+
+    def probe_key(self) -> tuple | None:
+        """What its health checks depend on (None: it has none): equal keys, one task across reloads."""
+        c = self.config
+        if c.health is None:
+            return None
+        return (c.name, c.targets, c.health, c.outlier, c.slow_start, id(self.pool))
 
 
 class UpstreamRegistry:
-    """Upstream name -> live `Upstream`, reused by the next config when its settings are equal."""
+    """Upstream name -> live `Upstream`. A new config gets the same `Upstream` when the upstream's
+    settings are equal, a new one on the same pool when only settings outside the pool changed;
+    either way each target it keeps keeps its state (ejected, or not). Also runs the active health
+    checks of the live upstreams (probe.py), once the serving loop runs."""
 
     def __init__(self):
         self._live: dict[str, Upstream] = {}
+        self._targets: dict[tuple[str, str], Target] = {}
+        self._probes: dict[tuple, asyncio.Task] = {}
+        self._running = False
 
-    def resolve(self, configs: dict[str, UpstreamConfig]) -> tuple[dict[str, Upstream], list[Upstream]]:
-        """The upstreams for a new config, and the old ones it no longer uses (to close after a grace period)."""
+    def resolve(self, configs: dict[str, UpstreamConfig]) -> tuple[dict[str, Upstream], list[Pool]]:
+        """The upstreams for a new config, and the pools it no longer uses (to `retire` once it is swapped in)."""
         live = {}
         for name, config in configs.items():
             old = self._live.get(name)
-            live[name] = old if old is not None and old.config == config else Upstream(config)
-        retired = [u for name, u in self._live.items() if live.get(name) is not u]
-        return live, retired
+            if old is not None and old.config == config:
+                live[name] = old
+                continue
+            pool = old.pool if old is not None and old.pool.key == pool_key(config) else None
+            members = tuple(self._targets.get((name, t)) or Target(name, t) for t in config.targets)
+            live[name] = Upstream(config, pool, members)
+        kept = {id(u.pool) for u in live.values()}
+        retired = {id(u.pool): u.pool for u in self._live.values() if id(u.pool) not in kept}
+        return live, list(retired.values())
 
     def commit(self, live: dict[str, Upstream]) -> None:
+        """Make `live` current: start the health checks it adds, stop those it drops."""
         self._live = live
+        targets = {(name, t.url): t for name, u in live.items() for t in u.rotation.members}
+        for key, target in self._targets.items():
+            if targets.get(key) is not target:
+                target.forget()
+        for target in targets.values():
+            if not target.published:
+                target.publish()
+        self._targets = targets
+        if self._running:
+            self._sync_probes()
+
+    def run(self) -> None:
+        """Called on the serving loop once it runs: start the health checks of the current config."""
+        self._running = True
+        self._sync_probes()
+
+    def close(self) -> None:
+        """Stop the health checks and retire every pool."""
+        _, retired = self.resolve({})
+        self._running = False
+        self.commit({})
+        self._sync_probes()
+        for pool in retired:
+            pool.retire()
+
+    def _sync_probes(self) -> None:
+        wanted = {key: u for u in self._live.values() if (key := u.probe_key()) is not None}
+        for key in [k for k in self._probes if k not in wanted]:
+            self._probes.pop(key).cancel()
+        if self._running:
+            for key, upstream in wanted.items():
+                if key not in self._probes:
+                    self._probes[key] = asyncio.get_running_loop().create_task(probe.run(upstream))

@@ -4,14 +4,16 @@ Bodies are streamed both ways (never buffered whole). Hop-by-hop headers (RFC 91
 Connection and the fields it names, Keep-Alive, Proxy-Connection, TE, Trailer, Transfer-Encoding,
 Upgrade) are not forwarded in either direction; X-Forwarded-For/-Proto/-Host, Via and X-Request-Id
 are added. Failures before the response starts become JSON errors: no connection 502, a connect or
-response timeout 504.
+response timeout 504. The target is the upstream's rotation's pick (targets.py), and the outcome
+is reported back to it, so that a failing target leaves rotation (breaker.py); a request that
+failed before its response may be tried again on another target (retry.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from time import perf_counter_ns
+from time import monotonic, perf_counter_ns
 from urllib.parse import quote
 
 from pyreqwest.exceptions import ConnectTimeoutError, PyreqwestError, RequestTimeoutError
@@ -20,7 +22,9 @@ from ..dispatch.exchange import in_early_data
 from ..dispatch.refusals import body_too_large
 from ..observe import trace
 from ..policies import HeaderEdit
+from .breaker import CANCEL, FAILURE, SUCCESS
 from .pool import Upstream
+from .retry import IDEMPOTENT
 
 log = logging.getLogger("gatewayd.proxy")
 
@@ -35,6 +39,9 @@ _OWN = frozenset({
     b"x-consumer-id",
 })  # fmt: skip
 
+
+# answers that count as a target's failure (with no connection and no answer in time)
+GATEWAY_ERRORS = frozenset({502, 503, 504})
 
 # HTTP versions whose requests may carry a body without Content-Length or Transfer-Encoding
 _FRAMED = frozenset({"2", "3"})
@@ -97,8 +104,13 @@ def compile_proxy(
     dated = response_edit.keeps_date
     response_timeout = upstream.config.response_timeout
     too_large = body_too_large(max_body_bytes)
-    balancer = upstream.balancer
+    rotation = upstream.rotation
     targets = upstream.targets
+    pool = upstream.pool
+    retries = upstream.retries  # None: retries off
+    per_try = upstream.config.retries.per_try_timeout
+    retry_timeout = per_try if per_try is not None else response_timeout
+    first_timeout = min(retry_timeout, response_timeout)
 
     async def proxy(ex) -> None:
         scope = ex.scope
@@ -159,60 +171,86 @@ def compile_proxy(
         for name, value in extra_up:
             headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
-        i = balancer.pick()
-        upstream.active += 1
-        # reported to gatewayd.observe: time to the upstream's response headers, or why there were none
+        # the target is the rotation's pick; each try's outcome goes back to it (breaker.py), and a
+        # try that failed before any response is made again on another target when retry.py says so
         ex.upstream, ex.upstream_ns, ex.upstream_error = upstream_name, None, None
-        try:
-            url = targets[i] + add + path + (b"?" + qs if qs else b"")
-            builder = upstream.client.request(scope["method"], url.decode("latin-1")).headers(headers)
-            if has_body:
-                builder = builder.body_stream(_body(ex.receive, max_body_bytes, first))
-            request = builder.build_streamed()
-            sent_at = perf_counter_ns()
+        retryable = retries is not None and not has_body and scope["method"] in IDEMPOTENT
+        if retries is not None:
+            now = monotonic()
+            retries.budget.request(now)
+            deadline = now + response_timeout
+        timeout = first_timeout
+        sent_at = perf_counter_ns()
+        tried = 0
+        while True:
+            i = rotation.pick(tried)
+            tried |= 1 << i
+            pool.acquire()
+            outcome = CANCEL  # this try's event for the breaker, until known
             try:
-                async with asyncio.timeout(response_timeout):
-                    response = await request.__aenter__()
-                ex.upstream_ns = perf_counter_ns() - sent_at
-            except BodyTooLarge:  # raised through pyreqwest from _body, unwrapped
-                return await too_large.send(ex)
-            except ClientDisconnected:
-                return
-            except (TimeoutError, RequestTimeoutError) as exc:
-                ex.upstream_error = "timeout"
-                kind = "connect" if isinstance(exc, ConnectTimeoutError) else "response"
-                log.warning("upstream %s (%s): %s timeout", upstream_name, targets[i].decode(), kind)
-                return await ex.error(504, "upstream_timeout", f"upstream {upstream.config.name!r} did not answer in time")
-            except PyreqwestError as exc:
-                if isinstance(exc.__cause__, ClientDisconnected) or "ClientDisconnected" in str(exc):
-                    return
-                if isinstance(exc.__cause__, BodyTooLarge) or "BodyTooLarge" in str(exc):
+                url = targets[i] + add + path + (b"?" + qs if qs else b"")
+                builder = pool.client.request(scope["method"], url.decode("latin-1")).headers(headers)
+                if has_body:
+                    builder = builder.body_stream(_body(ex.receive, max_body_bytes, first))
+                request = builder.build_streamed()
+                error = None
+                try:
+                    async with asyncio.timeout(timeout):
+                        response = await request.__aenter__()
+                except BodyTooLarge:  # raised through pyreqwest from _body, unwrapped
                     return await too_large.send(ex)
-                ex.upstream_error = "unavailable"
-                log.warning("upstream %s (%s): %s", upstream_name, targets[i].decode(), _reason(exc))
-                return await ex.error(502, "upstream_unavailable", f"upstream {upstream.config.name!r} could not be reached")
-            try:
-                drop = drop_down
-                if (connection := response.headers.get("connection")) is not None:  # and the fields it names
-                    drop = drop_down | {t.decode("latin-1") for t in _connection_tokens(connection.encode("latin-1"))}
-                out = [
-                    (name.encode("latin-1"), value.encode("latin-1"))
-                    for name, value in response.headers.items()
-                    if name not in drop
-                ]
-                out.extend(extra_down)
-                await ex.start(response.status, out, dated)
-                reader = response.body_reader
-                send = ex.send
-                ex.sent = 0
-                while (chunk := await reader.read_chunk()) is not None:
-                    ex.sent += len(chunk)
-                    await send({"type": "http.response.body", "body": bytes(chunk), "more_body": True})
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                except ClientDisconnected:
+                    return
+                except (TimeoutError, RequestTimeoutError) as exc:
+                    error = "timeout"
+                    kind = "connect" if isinstance(exc, ConnectTimeoutError) else "response"
+                    log.warning("upstream %s (%s): %s timeout", upstream_name, targets[i].decode(), kind)
+                except PyreqwestError as exc:
+                    if isinstance(exc.__cause__, ClientDisconnected) or "ClientDisconnected" in str(exc):
+                        return
+                    if isinstance(exc.__cause__, BodyTooLarge) or "BodyTooLarge" in str(exc):
+                        return await too_large.send(ex)
+                    error = "unavailable"
+                    log.warning("upstream %s (%s): %s", upstream_name, targets[i].decode(), _reason(exc))
+                failed = error is not None or response.status in GATEWAY_ERRORS
+                rotation.report(i, FAILURE if failed else SUCCESS)
+                outcome = None  # reported
+                if failed and retryable and retries.again(tried, now := monotonic(), deadline):
+                    if error is None:
+                        await request.__aexit__(None, None, None)  # the failed answer is dropped
+                    timeout = min(retry_timeout, deadline - now)
+                    continue
+                if error is not None:
+                    ex.upstream_error = error
+                    if error == "timeout":
+                        return await ex.error(504, "upstream_timeout", f"upstream {upstream_name!r} did not answer in time")
+                    return await ex.error(502, "upstream_unavailable", f"upstream {upstream_name!r} could not be reached")
+                ex.upstream_ns = perf_counter_ns() - sent_at
+                try:
+                    drop = drop_down
+                    if (connection := response.headers.get("connection")) is not None:  # and the fields it names
+                        drop = drop_down | {t.decode("latin-1") for t in _connection_tokens(connection.encode("latin-1"))}
+                    out = [
+                        (name.encode("latin-1"), value.encode("latin-1"))
+                        for name, value in response.headers.items()
+                        if name not in drop
+                    ]
+                    out.extend(extra_down)
+                    await ex.start(response.status, out, dated)
+                    reader = response.body_reader
+                    send = ex.send
+                    ex.sent = 0
+                    while (chunk := await reader.read_chunk()) is not None:
+                        ex.sent += len(chunk)
+                        await send({"type": "http.response.body", "body": bytes(chunk), "more_body": True})
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                    return
+                finally:
+                    await request.__aexit__(None, None, None)
             finally:
-                await request.__aexit__(None, None, None)
-        finally:
-            balancer.done(i)
-            upstream.active -= 1
+                if outcome is not None:
+                    rotation.report(i, outcome)
+                rotation.done(i)
+                pool.release()
 
     return proxy

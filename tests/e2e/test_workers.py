@@ -479,3 +479,53 @@ def test_cpu_pinning_puts_each_worker_on_its_own_core(supervised):
         allowed[index] = re.search(r"^Cpus_allowed_list:\s*(\S+)", status, re.MULTILINE).group(1)
     assert allowed[0] != allowed[1], allowed
     assert allowed == {0: str(cores[0]), 1: str(cores[1])}
+
+
+# --- readiness ------------------------------------------------------------------------------------
+
+SLOW_WORKER_S = 3.0
+
+
+def test_health_says_starting_until_every_worker_serves(tmp_path):
+    """Worker 1 is started SLOW_WORKER_S late (the supervisor runs it through a shell script that
+    sleeps first): meanwhile worker 0 serves and its /health says `starting` with 503, as does
+    `/health?ready`; once both serve, both say `ok`."""
+    shim = tmp_path / "python-shim"
+    shim.write_text(f'#!/bin/sh\n[ "$GATEWAYD_WORKER" = 1 ] && sleep {SLOW_WORKER_S}\nexec {sys.executable} "$@"\n')
+    shim.chmod(0o755)
+    config = tmp_path / "gateway.yaml"
+    config.write_text(value_config(1))
+    port = free_port()
+    log_path = tmp_path / "stderr.log"
+    code = f"import sys; sys.executable = {str(shim)!r}; from gatewayd.cli.main import main; sys.exit(main())"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code, "--config", str(config), "--listen", f"{HOST}:{port}"],
+            stdout=subprocess.DEVNULL, stderr=log, stdin=subprocess.DEVNULL, cwd=ROOT,
+        )  # fmt: skip
+    try:
+        started = time.monotonic()
+        first = None
+        while first is None and time.monotonic() - started < WAIT_S:
+            out = fresh_get(port, "/health", timeout=2)
+            first = out if out.status is not None else None
+            time.sleep(0.05)
+        assert first is not None, log_path.read_text()
+        answered_at = time.monotonic()
+        assert first.status == 503 and json.loads(first.body)["status"] == "starting", first
+        ready = fresh_get(port, "/health?ready")
+        assert (ready.status, json.loads(ready.body)) == (503, {"status": "starting"})
+        assert fresh_get(port, "/value").status == 200, "worker 0 serves meanwhile"
+        seen: dict = {}
+        while len(seen) < 2 and time.monotonic() - answered_at < WAIT_S:
+            seen = seen_workers(port, tries=20)
+        assert len(seen) == 2 and all(h["status"] == "ok" for h in seen.values()), log_path.read_text()
+        assert time.monotonic() - answered_at > 1.0, "ready only once worker 1 served"
+        assert all(fresh_get(port, "/health?ready").status == 200 for _ in range(10))
+        assert "all 2 workers serve: ready" in log_path.read_text()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
