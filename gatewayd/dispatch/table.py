@@ -15,7 +15,7 @@ from time import perf_counter_ns, time
 
 from ..routing import Found, MethodNotAllowed
 from .exchange import Exchange, new_request_id
-from .refusals import compile_refusals, read_head
+from .refusals import BROKEN_BODY, compile_refusals, read_head
 
 log = logging.getLogger("gatewayd.dispatch")
 
@@ -78,7 +78,10 @@ class Table:
                         answer = _timed_steps(route, ex, now)
                         if answer is not None:
                             return await answer.send(ex)
-                return await route.action(ex)
+                await route.action(ex)
+                if not ex.started:  # the action gave up on a request body that broke off (see BROKEN_BODY)
+                    await BROKEN_BODY.send(ex)
+                return
             if result.__class__ is MethodNotAllowed:
                 allow = ", ".join(result.allow).encode()
                 return await ex.error(405, "method_not_allowed", f"{method} is not allowed here", ((b"allow", allow),))

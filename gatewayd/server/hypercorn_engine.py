@@ -23,6 +23,7 @@ from hypercorn.protocol.h11 import H11Protocol
 from ..config.model import Listen, ServerConfig
 from ..dispatch.exchange import JSON_TYPE, STANDING_HEADERS, error_body, http_date, new_request_id
 from ..dispatch.refusals import refused_head
+from .h1_strict import StrictConnection
 from .sockets import bind, fastopen_wanted
 
 log = logging.getLogger("gatewayd")
@@ -43,9 +44,14 @@ class GatewayConfig(HypercornConfig):
 
 
 class _H11Protocol(H11Protocol):
-    """Hypercorn's HTTP/1.1, answering a request head it refuses itself (larger than
-    `h11_max_incomplete_size`: 431; malformed: 400; an unsupported Transfer-Encoding: 501) with the
-    gateway's JSON error, a request id and a Date, where Hypercorn sends an empty body."""
+    """Hypercorn's HTTP/1.1, reading requests as strictly as Granian does (`h1_strict.py`), and
+    answering a request it refuses itself (a head larger than `h11_max_incomplete_size`: 431;
+    malformed: 400; an unsupported Transfer-Encoding: 501) with the gateway's JSON error, a request
+    id and a Date, where Hypercorn sends an empty body."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.connection = StrictConnection(h11.SERVER, max_incomplete_event_size=self.config.h11_max_incomplete_size)
 
     async def _send_error_response(self, status_code: int) -> None:
         reject = refused_head(status_code, self.config.max_header_bytes)
