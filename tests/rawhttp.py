@@ -42,7 +42,8 @@ def ok_json(seen: Seen) -> bytes:
 class Recorder:
     """A threaded upstream on a free loopback port. Requests are parsed leniently (it only ever hears
     the gateway, which frames its requests properly) and kept in `seen`; `answer(seen)` gives the raw
-    bytes to send back (None: close the connection without answering)."""
+    bytes to send back (None: close the connection without answering; `(bytes, "close")`: send them,
+    then close)."""
 
     def __init__(self, answer=ok_json):
         self.answer = answer
@@ -91,9 +92,12 @@ class Recorder:
                 reply = self.answer(seen)
                 if reply is None:
                     return
+                close = isinstance(reply, tuple)  # (bytes, "close"): send, then close the connection
                 try:
-                    conn.sendall(reply)
+                    conn.sendall(reply[0] if close else reply)
                 except OSError:
+                    return
+                if close:
                     return
 
     def targets(self) -> list[str]:
