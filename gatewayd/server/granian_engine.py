@@ -18,7 +18,7 @@ from granian.net import SocketSpec
 from granian.server.embed import Server
 
 from ..config.model import Limits, Listen, ServerConfig, TLSConfig
-from .sockets import fastopen_wanted, set_fastopen
+from .sockets import BACKLOG, connection_limit, fastopen_wanted, set_fastopen
 
 log = logging.getLogger("gatewayd")
 
@@ -79,6 +79,7 @@ async def serve(
     fastopen = fastopen_wanted(server)
     h1, h2 = http_settings(server.limits)
     binds = [(listen, None) for listen in listeners] + [(listen, tls) for listen in (tls.listen if tls else ())]
+    per_worker = connection_limit()
     servers = [
         _Server(
             app,
@@ -90,6 +91,10 @@ async def serve(
             http1_settings=h1,
             http2_settings=h2,
             log_enabled=False,
+            backlog=BACKLOG,
+            # connections one listener holds at once (a semaphore in Granian's accept loop): its
+            # default is the backlog, 128, and an idle connection keeps its place until it closes
+            backpressure=per_worker,
             fastopen=fastopen,
             **_tls_options(listen_tls),
         )

@@ -24,7 +24,7 @@ from ..config.model import Listen, ServerConfig
 from ..dispatch.exchange import JSON_TYPE, STANDING_HEADERS, error_body, http_date, new_request_id
 from ..dispatch.refusals import refused_head
 from .h1_strict import StrictConnection
-from .sockets import bind, fastopen_wanted
+from .sockets import BACKLOG, bind, fastopen_wanted
 
 log = logging.getLogger("gatewayd")
 
@@ -190,6 +190,7 @@ async def serve(
     else:
         config.bind = binds
     limits = server.limits
+    config.backlog = BACKLOG
     config.max_header_bytes = limits.max_header_bytes
     config.h11_max_incomplete_size = limits.engine_header_bytes
     config.h2_max_header_list_size = limits.engine_header_bytes
