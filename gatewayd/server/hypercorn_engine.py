@@ -68,9 +68,10 @@ class _H11Protocol(H11Protocol):
 
 class _TCPServer(TCPServer):
     """Hypercorn's connection handler plus a deadline for an HTTP/1.1 request's head, from its first
-    byte: Hypercorn itself only has the keep-alive timer, which runs from the end of the previous
-    response (or the connection's start) until the head is complete. Idle connections are left to
-    that timer; HTTP/2 connections are not affected."""
+    byte (for a connection's first request, from its start: a client that connects and sends
+    nothing is closed after `header_read_timeout`): Hypercorn itself only has the keep-alive timer,
+    which runs from the end of the previous response (or the connection's start) until the head is
+    complete. Idle connections are left to that timer; HTTP/2 connections are not affected."""
 
     _head_deadline: float | None = None  # loop time by which the request head being read must be complete
     _waiting_for_head = True  # Hypercorn reports Updated(idle=True) between requests, idle=False once a head is in
@@ -82,6 +83,8 @@ class _TCPServer(TCPServer):
         await super().protocol_send(event)
 
     async def _read_data(self) -> None:  # Hypercorn's loop, with the deadline applied to each read
+        if isinstance(self.protocol.protocol, H11Protocol):
+            self._head_deadline = self.loop.time() + self.config.header_read_timeout
         while not self.reader.at_eof():
             timeout = self.config.read_timeout
             if self._head_deadline is not None:

@@ -1,5 +1,6 @@
-"""Connections on both engines: many idle or slow clients do not hold up the others. Every loop here
-is bounded in connections and in time, on loopback only."""
+"""Connections on both engines: many idle or slow clients do not hold up the others, a client that
+connects and sends nothing is closed after `header_read_timeout`, and an idle keep-alive connection
+after `keep_alive_timeout`. Every loop here is bounded in connections and in time, on loopback only."""
 
 from __future__ import annotations
 
@@ -23,11 +24,17 @@ routes:
     respond: {json: {ok: true}}
 """
 CAPACITY = "version: 1\nserver:\n  limits: {header_read_timeout: 20s, keep_alive_timeout: 30s}\n" + ROUTES
+TIMEOUTS = "version: 1\nserver:\n  limits: {header_read_timeout: 1s, keep_alive_timeout: 3s}\n" + ROUTES
 
 
 @pytest.fixture(scope="module")
 def capacity(gatewayd_module):
     return gatewayd_module(CAPACITY)
+
+
+@pytest.fixture(scope="module")
+def timeouts(gatewayd_module):
+    return gatewayd_module(TIMEOUTS)
 
 
 def _open(port: int, n: int, first: bytes | None) -> list[socket.socket]:
@@ -79,3 +86,54 @@ def test_slow_heads_do_not_hold_up_new_requests(capacity):
         for s in held:
             s.close()
     assert max(times) < PROBE_LIMIT_S, (statistics.median(times), max(times))
+
+
+def _seconds_until_closed(s: socket.socket, limit: float) -> float | None:
+    t0 = time.monotonic()
+    s.settimeout(limit)
+    try:
+        while s.recv(65536):
+            pass
+    except ConnectionResetError:
+        pass
+    except TimeoutError:
+        return None
+    return time.monotonic() - t0
+
+
+def test_a_client_that_sends_nothing_is_closed_after_header_read_timeout(timeouts):
+    with socket.create_connection((HOST, timeouts.port), timeout=5) as s:
+        waited = _seconds_until_closed(s, 8.0)
+    assert waited is not None and 0.8 <= waited <= 2.5, waited
+
+
+def test_an_idle_keep_alive_connection_is_closed_after_keep_alive_timeout(timeouts):
+    """Not after header_read_timeout (1s), which Granian's HTTP library counted from the last response."""
+    with socket.create_connection((HOST, timeouts.port), timeout=5) as s:
+        s.sendall(request("/"))
+        assert s.recv(65536).startswith(b"HTTP/1.1 200")
+        waited = _seconds_until_closed(s, 10.0)
+    assert waited is not None and 2.6 <= waited <= 4.5, waited
+
+
+def test_a_head_begun_on_an_idle_connection_has_header_read_timeout(timeouts):
+    with socket.create_connection((HOST, timeouts.port), timeout=5) as s:
+        s.sendall(request("/"))
+        assert s.recv(65536).startswith(b"HTTP/1.1 200")
+        time.sleep(0.5)
+        s.sendall(b"GET / HT")
+        waited = _seconds_until_closed(s, 10.0)
+    assert waited is not None and 0.6 <= waited <= 2.5, waited
+
+
+def test_a_slow_request_in_flight_is_not_idle(gatewayd_module, upstream):
+    """An upstream that answers after keep_alive_timeout: the connection carries a request, so the
+    watchdog leaves it alone (Granian), as Hypercorn's keep-alive timer does."""
+    up = upstream("slow")
+    gw = gatewayd_module(
+        "version: 1\nserver:\n  limits: {header_read_timeout: 1s, keep_alive_timeout: 1s}\n"
+        f'upstreams:\n  slow: {{targets: ["{up.url}"], timeouts: {{response: 10s}}}}\n'
+        "routes:\n  - match: {path_prefix: /}\n    upstream: slow\n"
+    )
+    got = exchange(gw.port, request("/slow/2500"), timeout=10)
+    assert got.status == 200, got.raw[:200]
