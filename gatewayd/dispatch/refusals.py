@@ -15,6 +15,7 @@ request's header list: a second Host or Content-Length, an empty or malformed Ho
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from urllib.parse import quote
 
 from ..policies import Reject
@@ -25,24 +26,36 @@ from .exchange import in_early_data
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 TOO_EARLY = Reject(425, "too_early", "send this request again once the TLS handshake is complete")
-# A request whose head is refused is answered, then its connection closed: where its framing is in
-# doubt, what follows on the connection cannot be told apart from its body (RFC 9112 section 6.3)
-CLOSE = ((b"connection", b"close"),)
+_CLOSE = ((b"connection", b"close"),)
+_HTTP1 = frozenset({"1", "1.0", "1.1"})
+
+
+@dataclass(frozen=True, slots=True)
+class Closing(Reject):
+    """A refusal after which an HTTP/1 connection is closed: where a request's framing is in doubt,
+    what follows it on the connection cannot be told apart from its body (RFC 9112 section 6.3).
+    (HTTP/2 and 3 frame each stream, and forbid the Connection header.)"""
+
+    async def send(self, ex) -> None:
+        close = _CLOSE if ex.scope.get("http_version") in _HTTP1 else ()
+        await ex.error(self.status, self.error, self.message, close)
+
+
 # RFC 9112 section 3.2: a request with no Host, more than one, or an invalid one gets 400
-TWO_HOSTS = Reject(400, "bad_request", "the request has more than one Host header", CLOSE)
-NO_HOST = Reject(400, "bad_request", "the request has no Host header, or an empty one", CLOSE)
-BAD_HOST = Reject(400, "bad_request", "the request's Host header is not a valid host[:port]", CLOSE)
+TWO_HOSTS = Closing(400, "bad_request", "the request has more than one Host header")
+NO_HOST = Closing(400, "bad_request", "the request has no Host header, or an empty one")
+BAD_HOST = Closing(400, "bad_request", "the request's Host header is not a valid host[:port]")
 # RFC 9112 section 6.3: a repeated or invalid Content-Length leaves the body's framing in doubt
-TWO_LENGTHS = Reject(400, "bad_request", "the request has more than one Content-Length header", CLOSE)
-BAD_LENGTH = Reject(400, "bad_request", "the request's Content-Length is not a number", CLOSE)
+TWO_LENGTHS = Closing(400, "bad_request", "the request has more than one Content-Length header")
+BAD_LENGTH = Closing(400, "bad_request", "the request's Content-Length is not a number")
 # RFC 9112 section 6.1: a coding other than chunked gets 501; section 6.3: chunked not last gets 400
-UNSUPPORTED_TE = Reject(501, "unsupported_transfer_encoding", "the request's Transfer-Encoding is not supported", CLOSE)
-TE_NOT_CHUNKED = Reject(400, "bad_request", "the request's Transfer-Encoding does not end with chunked", CLOSE)
+UNSUPPORTED_TE = Closing(501, "unsupported_transfer_encoding", "the request's Transfer-Encoding is not supported")
+TE_NOT_CHUNKED = Closing(400, "bad_request", "the request's Transfer-Encoding does not end with chunked")
 # RFC 9112 section 6.1: Transfer-Encoding in an HTTP/1.0 message means faulty framing
-TE_IN_HTTP10 = Reject(400, "bad_request", "an HTTP/1.0 request cannot have a Transfer-Encoding", CLOSE)
+TE_IN_HTTP10 = Closing(400, "bad_request", "an HTTP/1.0 request cannot have a Transfer-Encoding")
 # The answer to a request whose body broke off: the client left, or the engine found its chunked
 # framing invalid (Granian tells the app only `http.disconnect`, and would answer 500 itself)
-BROKEN_BODY = Reject(400, "bad_request", "the request body ended early, or its chunked framing is invalid", CLOSE)
+BROKEN_BODY = Closing(400, "bad_request", "the request body ended early, or its chunked framing is invalid")
 BAD_QUERY = Reject(400, "bad_request", "the query has characters that must be percent-encoded")
 
 # RFC 3986 host (reg-name or IP literal) and port: unreserved, pct-encoded, sub-delims, ":", "[", "]"

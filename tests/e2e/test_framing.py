@@ -212,3 +212,22 @@ def test_explain_refuses_a_head_as_the_server_does(tmp_path, headers, status):
     with contextlib.redirect_stdout(out):
         commands.explain(args)
     assert json.loads(out.getvalue())["result"] == status
+
+
+@pytest.mark.parametrize("version, closes", [("1.1", True), ("1.0", True), ("2", False), ("3", False)])
+def test_a_refused_framing_closes_http1_connections_only(version, closes):
+    """HTTP/2 and 3 forbid the Connection header (RFC 9113 section 8.2.2); their streams are framed."""
+    import asyncio
+
+    from gatewayd.dispatch.exchange import Exchange
+    from gatewayd.dispatch.refusals import TWO_LENGTHS
+
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    ex = Exchange({"http_version": version}, None, send, 0, b"rid", False)
+    asyncio.run(TWO_LENGTHS.send(ex))
+    assert sent[0]["status"] == 400
+    assert ((b"connection", b"close") in sent[0]["headers"]) is closes
