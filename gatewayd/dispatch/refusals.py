@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 from ..policies import Reject
-from ..routing.normalize import PathRefused, compile_normalizer, valid_query
+from ..routing.normalize import PathRefused, compile_normalizer, is_normal, valid_query
 from .exchange import in_early_data
 
 # the only methods served from 0-RTT early data, which can be replayed; others get 425 (RFC 8470)
@@ -125,7 +125,7 @@ def compile_refusals(max_header_bytes: int, max_body_bytes: int, encoded_slash: 
             version = scope.get("http_version")
             if version not in _HOST_OPTIONAL or (host is not None and version is None):  # None: explain's
                 return NO_HOST
-        elif host.translate(None, _HOST_CHARS):
+        elif host.strip(_HOST_CHARS):  # not all of them host characters
             return BAD_HOST
         if te is not None:
             if scope.get("http_version") in ("1", "1.0"):
@@ -142,20 +142,25 @@ def compile_refusals(max_header_bytes: int, max_body_bytes: int, encoded_slash: 
         raw = scope.get("raw_path")
         if raw is None:  # a server that does not give it: the decoded path, encoded again
             raw = quote(scope["path"], safe="/!$&'()*+,;=:@-._~").encode()
+        elif is_normal(raw, scope["path"]):
+            raw = None  # in normal form already, as `path` is
         try:
-            raw = normalize(raw)
+            path = None if raw is None else normalize(raw)
         except PathRefused as exc:
             reason = str(exc)
             reject = bad_paths.get(reason)
             if reject is None:
                 reject = bad_paths[reason] = Reject(400, "bad_path", reason)
             return reject
-        scope["raw_path"] = raw
-        scope["path"] = raw.decode("ascii")
+        if path is not None:
+            scope["raw_path"] = path
+            scope["path"] = path.decode("ascii")
         query = scope.get("query_string")
-        if query:
-            if b"#" in query:  # the fragment, as Granian's HTTP library drops it (see normalize.py)
-                scope["query_string"] = query = query.partition(b"#")[0]
+        if query and not valid_query(query):
+            if query.find(b"#") < 0:
+                return BAD_QUERY
+            # the fragment (Hypercorn's query runs to the end of the target), dropped as Granian drops it
+            scope["query_string"] = query = query.partition(b"#")[0]
             if not valid_query(query):
                 return BAD_QUERY
         return None
