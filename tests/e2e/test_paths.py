@@ -110,6 +110,10 @@ BASELINE = [  # ordinary paths, for contrast
     (b"/caf%c3%a9?q=1", up("public", "/caf%C3%A9?q=1"), "baseline: escapes in upper case"),
     (b"/p\xc3\xa9", REFUSED, "RFC 3986: non-ASCII bytes must be percent-encoded"),
     (b"/a b", REFUSED, "RFC 9112 section 3: a space ends the target (both engines refuse)"),
+    (b"/public?a=<>", REFUSED, "a query character Granian's HTTP library refuses (RFC 3986 section 3.4)"),
+    (b"/public?a=\xc3\xa9", REFUSED, "a non-ASCII byte in the query"),
+    (b"/public?a=[]{}|", up("public", "/public?a=[]{}|"), "baseline: what clients send unencoded, accepted"),
+    (b"/public?q=1#frag", up("public", "/public?q=1"), "baseline: a fragment after the query is dropped"),
 ]
 ALL = VECTORS + BASELINE
 
