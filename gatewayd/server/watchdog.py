@@ -10,8 +10,11 @@ which then holds one of the worker's connection slots for ever. Hypercorn has a 
   `keep_alive_timeout`, if shorter and not 0);
 - an idle HTTP/1.1 connection (its last response sent, nothing received since) is closed after
   `keep_alive_timeout`;
-- a request head in progress, the first one on cleartext or any later one, is closed after
-  `header_read_timeout` from when the watchdog first sees its bytes (within `interval`).
+- a request head begun after a response is closed after `header_read_timeout` from when the
+  watchdog first sees its bytes (within `interval`).
+
+A connection's first head is left to hyper's timer, set to the longer of the two timeouts: from
+outside, its bytes cannot be told from an HTTP/2 preface or a TLS handshake.
 
 Granian runs in this process, so its accepted sockets are this process's file descriptors: the
 watchdog looks at those whose local port is one of the engine's, reads the kernel's TCP_INFO for
@@ -124,10 +127,10 @@ def verdict(now: float, info: Info, seen: Seen, busy: bool, done_at: float | Non
     if done_at is not None and done_at < seen.first_seen - 1.0:
         done_at = None  # finished on an earlier connection from the same client port
     if done_at is None:
-        if info.sent:  # TLS, or HTTP/2 with prior knowledge: Granian's own timeouts apply
-            return None
-        start = seen.first_seen  # a first head, in clear text: the client has sent part of it
-    elif version not in ("1", "1.1"):
+        # a first head: hyper's own timer applies (it cannot be told here from an HTTP/2 client
+        # waiting for a server that has not answered its preface yet, or from a TLS handshake)
+        return None
+    if version not in ("1", "1.1"):
         return None  # HTTP/2: Granian's keep-alive pings apply
     elif info.since_received >= now - done_at:  # nothing received since the last response
         seen.head_since = None
