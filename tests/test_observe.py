@@ -183,9 +183,12 @@ def test_two_workers_merge_into_one_view():
 
 
 def scope(path="/x", qs=b"", headers=(), client=("127.0.0.1", 5000), method="GET") -> dict:
+    headers = list(headers)
+    if not any(name == b"host" for name, _ in headers):  # as a server gives it (HTTP/1.1 requires one)
+        headers.insert(0, (b"host", b"localhost"))
     return {
         "type": "http", "method": method, "path": path, "raw_path": path.encode(), "query_string": qs,
-        "http_version": "1.1", "scheme": "http", "client": client, "headers": list(headers),
+        "http_version": "1.1", "scheme": "http", "client": client, "headers": headers,
     }  # fmt: skip
 
 

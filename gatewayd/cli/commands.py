@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 from ..config.errors import ConfigError
 from ..config.load import load_bytes, read
@@ -126,18 +126,21 @@ def explain(args) -> int:
         return code
     table = _table(config)
     o = config.observability
-    parts = urlsplit(args.target)
     headers = []
     for h in args.header:
         name, _, value = h.partition(":")
         headers.append((name.strip().lower().encode(), value.strip().encode()))
     method = args.method.upper()
-    # the request as the engines hand it to the gateway: the path percent-decoded, the query as sent
-    path, query = unquote(parts.path or "/"), parts.query.encode()
-    size, _, host, length = read_head(headers)
+    # the request target as a client sends it: the refusals normalize its path as the server does
+    raw_path, _, query = args.target.partition("?")
+    scope = {"method": method, "path": unquote(raw_path), "raw_path": (raw_path or "/").encode(), "headers": headers,
+             "query_string": query.encode()}  # fmt: skip
+    head = read_head(headers)
     own = {o.health_path: "health", o.latency_path: "latency", o.metrics_path: "metrics"}
     own.pop(None, None)
-    if reject := table.refuse({"method": method, "path": path, "headers": headers}, size, length):
+    reject = table.refuse(scope, head)
+    path, query, host = scope["path"], scope["query_string"], head[2]
+    if reject:
         out = {"result": reject.status, "error": reject.error, "message": reject.message}
     elif path in table.endpoints:
         out = {"result": "endpoint", "message": f"{path} is the gateway's {own[path]} endpoint"}

@@ -76,6 +76,7 @@ class ServerConfig:
     cpu_pinning: bool = False
     shutdown_timeout: float = 10.0  # seconds
     trusted_proxies: tuple[str, ...] = ()  # addresses or CIDR networks whose X-Forwarded-For is believed
+    encoded_slash: str = "reject"  # server.paths.encoded_slash: "reject" | "keep" | "decode" (gatewayd.routing.normalize)
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,6 +302,7 @@ def build(data: dict, file: str, sha256: str, marks: Marks, secret_paths: frozen
             cpu_pinning=server.get("cpu_pinning", False),
             shutdown_timeout=units.seconds(server.get("shutdown_timeout", "10s")),
             trusted_proxies=tuple(server.get("trusted_proxies", ())),
+            encoded_slash=server.get("paths", {}).get("encoded_slash", "reject"),
         ),
         observability=ObservabilityConfig(
             server_timing=bool(obs.get("server_timing", True)),

@@ -82,6 +82,7 @@ def compile_table(
         needs_host=any(s.host is not None for s in specs),
         max_header_bytes=config.server.limits.max_header_bytes,
         max_body_bytes=config.server.limits.max_body_bytes,
+        encoded_slash=config.server.encoded_slash,
     )
 
 

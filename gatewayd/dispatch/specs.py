@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from ..config.model import RouteConfig
 from ..routing import RouteSpec
+from ..routing.normalize import normalize_pattern
 
 
 def route_spec(route: RouteConfig, target: object = None, preflight: bool = False) -> RouteSpec:
     """`preflight`: the route answers CORS preflights, so it matches OPTIONS besides its methods."""
     m = route.match
+    # literal paths in the form requests are matched in (gatewayd.routing.normalize); regexes as written
     if "path" in m:
-        kind, pattern = ("template" if "{" in m["path"] else "exact"), m["path"]
+        kind, pattern = ("template" if "{" in m["path"] else "exact"), normalize_pattern(m["path"])
     elif "path_prefix" in m:
-        kind, pattern = "prefix", m["path_prefix"]
+        kind, pattern = "prefix", normalize_pattern(m["path_prefix"])
     else:
         kind, pattern = "regex", m["path_regex"]
     methods = None

@@ -1,6 +1,7 @@
 """The compiled dispatch: one object per config generation whose `handle` serves every request.
 
-Requests flow: arrival time -> request id -> refusals before routing (`refusals.py`) -> router match
+Requests flow: arrival time -> request id -> refusals before routing (`refusals.py`, which also
+normalizes the path that routing and the upstream see) -> router match
 (404/405 decided here) -> the route's policy steps in order (any may answer instead) -> the route's
 action. Everything it reads was precomputed by `compile.py`; swapping configs is replacing the one
 `Table` reference the app holds. When a request is over (its response body sent, or failed), `record`
@@ -14,7 +15,7 @@ from time import perf_counter_ns, time
 
 from ..routing import Found, MethodNotAllowed
 from .exchange import Exchange, new_request_id
-from .refusals import compile_refusals, read_head
+from .refusals import BROKEN_BODY, compile_refusals, read_head
 
 log = logging.getLogger("gatewayd.dispatch")
 
@@ -27,7 +28,7 @@ class Table:
 
     def __init__(
         self, router, routes, endpoints, record, server_timing: bool, needs_host: bool,
-        max_header_bytes: int, max_body_bytes: int, detailed_timing: bool = False,
+        max_header_bytes: int, max_body_bytes: int, detailed_timing: bool = False, encoded_slash: str = "reject",
     ):  # fmt: skip
         self.router = router
         self.routes = routes  # CompiledRoute per config route, in file order
@@ -36,21 +37,22 @@ class Table:
         self.server_timing = server_timing
         self.detailed_timing = detailed_timing and server_timing  # one Server-Timing entry per stage
         self.needs_host = needs_host
-        # refuse(scope, header_bytes, content_length): answered here, before any route runs (server.limits too)
-        self.refuse = compile_refusals(max_header_bytes, max_body_bytes)
+        # refuse(scope, head): answered here, before any route runs (server.limits and server.paths too)
+        self.refuse = compile_refusals(max_header_bytes, max_body_bytes, encoded_slash)
         self.kept = None  # the policy state this table's config holds (gatewayd.runtime.kept), set by the gateway
 
     async def handle(self, scope, receive, send) -> None:
         t0 = perf_counter_ns()
         headers = scope["headers"]
-        size, request_id, host, length = read_head(headers)
+        head = read_head(headers)
+        request_id, host = head[1], head[2]
         if request_id is None or len(request_id) > 200:
             request_id = new_request_id()
         ex = Exchange(scope, receive, send, t0, request_id, self.server_timing)
         if self.detailed_timing:
             ex.stages = []
         try:
-            reject = self.refuse(scope, size, length)
+            reject = self.refuse(scope, head)
             if reject is not None:
                 return await reject.send(ex)
             path = scope["path"]
@@ -76,7 +78,10 @@ class Table:
                         answer = _timed_steps(route, ex, now)
                         if answer is not None:
                             return await answer.send(ex)
-                return await route.action(ex)
+                await route.action(ex)
+                if not ex.started:  # the action gave up on a request body that broke off (see BROKEN_BODY)
+                    await BROKEN_BODY.send(ex)
+                return
             if result.__class__ is MethodNotAllowed:
                 allow = ", ".join(result.allow).encode()
                 return await ex.error(405, "method_not_allowed", f"{method} is not allowed here", ((b"allow", allow),))

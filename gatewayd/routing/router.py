@@ -28,8 +28,9 @@ but at least one route matched everything except the method, the answer is
 ``MethodNotAllowed`` with the sorted union of those routes' methods, else
 ``NotFound``.
 
-Paths are the already-decoded ASGI ``path``, compared case-sensitively; a
-trailing slash is significant for exact and template routes.  Hosts are
+Paths are the normalized request path (``gatewayd.routing.normalize``: only
+unreserved characters decoded, other escapes kept in upper case), compared
+case-sensitively; a trailing slash is significant for exact and template routes.  Hosts are
 compared case-insensitively with any port stripped; ``*.example.com`` matches
 any host ending in ``.example.com`` (one or more labels) but not
 ``example.com`` itself.  A header matcher is satisfied by any occurrence of

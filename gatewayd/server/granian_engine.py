@@ -18,7 +18,9 @@ from granian.net import SocketSpec
 from granian.server.embed import Server
 
 from ..config.model import Limits, Listen, ServerConfig, TLSConfig
-from .sockets import fastopen_wanted, set_fastopen
+from .sockets import BACKLOG, connection_limit, fastopen_wanted, set_fastopen
+from .watchdog import Limits as WatchdogLimits
+from .watchdog import Tracker, Watchdog
 
 log = logging.getLogger("gatewayd")
 
@@ -42,12 +44,14 @@ class _Server(Server):
 
 
 def http_settings(limits: Limits) -> tuple[HTTP1Settings, HTTP2Settings]:
-    """`server.limits` as Granian's settings. Granian has no idle timeout for HTTP/1.1 connections
-    besides `header_read_timeout` (hyper counts waiting for the next request as reading its head);
-    `keep_alive_timeout` turns HTTP/1.1 keep-alive off at 0s and is the HTTP/2 keep-alive ping interval."""
+    """`server.limits` as Granian's settings. Granian's only timer for an HTTP/1.1 connection is hyper's
+    header read timeout, which runs from the end of a response (hyper counts waiting for the next
+    request as reading its head): set to the longer of `header_read_timeout` and `keep_alive_timeout`,
+    it is a backstop, and the watchdog (watchdog.py) applies each where it belongs. `keep_alive_timeout`
+    turns HTTP/1.1 keep-alive off at 0s and is the HTTP/2 keep-alive ping interval."""
     keep_alive_ms = round(limits.keep_alive_timeout * 1000)
     h1 = HTTP1Settings(
-        header_read_timeout=max(1, round(limits.header_read_timeout * 1000)),
+        header_read_timeout=max(1, round(max(limits.header_read_timeout, limits.keep_alive_timeout) * 1000)),
         keep_alive=keep_alive_ms > 0,
         # also its read buffer: kept at Granian's default at least, as smaller ones slow uploads down
         max_buffer_size=max(HTTP1Settings.max_buffer_size, limits.engine_header_bytes),
@@ -79,6 +83,12 @@ async def serve(
     fastopen = fastopen_wanted(server)
     h1, h2 = http_settings(server.limits)
     binds = [(listen, None) for listen in listeners] + [(listen, tls) for listen in (tls.listen if tls else ())]
+    tracker = Tracker()
+    app = tracker.wrap(app)
+    limits = server.limits
+    ports = {listen.port for listen, _ in binds}
+    watchdog = Watchdog(tracker, ports, WatchdogLimits(limits.header_read_timeout, limits.keep_alive_timeout))
+    per_worker = connection_limit()
     servers = [
         _Server(
             app,
@@ -90,6 +100,10 @@ async def serve(
             http1_settings=h1,
             http2_settings=h2,
             log_enabled=False,
+            backlog=BACKLOG,
+            # connections one listener holds at once (a semaphore in Granian's accept loop): its
+            # default is the backlog, 128, and an idle connection keeps its place until it closes
+            backpressure=per_worker,
             fastopen=fastopen,
             **_tls_options(listen_tls),
         )
@@ -98,6 +112,7 @@ async def serve(
     # each Server binds its own socket with SO_REUSEPORT (Granian's ListenerSpec on Linux), so the
     # workers of one host can all listen on the same addresses
     tasks = {asyncio.create_task(s.serve()): listen for s, (listen, _) in zip(servers, binds)}
+    watching = asyncio.create_task(watchdog.run(stop))
     stopper = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
     for s in servers:
@@ -109,6 +124,8 @@ async def serve(
             t.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
     stopper.cancel()
+    stop.set()  # the watchdog's too, when a listener ended on its own
+    await watching
     for t in done:
         if t is not stopper and t.exception():
             raise _listen_error(t.exception(), tasks[t])

@@ -23,7 +23,8 @@ from hypercorn.protocol.h11 import H11Protocol
 from ..config.model import Listen, ServerConfig
 from ..dispatch.exchange import JSON_TYPE, STANDING_HEADERS, error_body, http_date, new_request_id
 from ..dispatch.refusals import refused_head
-from .sockets import bind, fastopen_wanted
+from .h1_strict import StrictConnection
+from .sockets import BACKLOG, bind, fastopen_wanted
 
 log = logging.getLogger("gatewayd")
 
@@ -43,9 +44,14 @@ class GatewayConfig(HypercornConfig):
 
 
 class _H11Protocol(H11Protocol):
-    """Hypercorn's HTTP/1.1, answering a request head it refuses itself (larger than
-    `h11_max_incomplete_size`: 431; malformed: 400; an unsupported Transfer-Encoding: 501) with the
-    gateway's JSON error, a request id and a Date, where Hypercorn sends an empty body."""
+    """Hypercorn's HTTP/1.1, reading requests as strictly as Granian does (`h1_strict.py`), and
+    answering a request it refuses itself (a head larger than `h11_max_incomplete_size`: 431;
+    malformed: 400; an unsupported Transfer-Encoding: 501) with the gateway's JSON error, a request
+    id and a Date, where Hypercorn sends an empty body."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.connection = StrictConnection(h11.SERVER, max_incomplete_event_size=self.config.h11_max_incomplete_size)
 
     async def _send_error_response(self, status_code: int) -> None:
         reject = refused_head(status_code, self.config.max_header_bytes)
@@ -62,9 +68,10 @@ class _H11Protocol(H11Protocol):
 
 class _TCPServer(TCPServer):
     """Hypercorn's connection handler plus a deadline for an HTTP/1.1 request's head, from its first
-    byte: Hypercorn itself only has the keep-alive timer, which runs from the end of the previous
-    response (or the connection's start) until the head is complete. Idle connections are left to
-    that timer; HTTP/2 connections are not affected."""
+    byte (for a connection's first request, from its start: a client that connects and sends
+    nothing is closed after `header_read_timeout`): Hypercorn itself only has the keep-alive timer,
+    which runs from the end of the previous response (or the connection's start) until the head is
+    complete. Idle connections are left to that timer; HTTP/2 connections are not affected."""
 
     _head_deadline: float | None = None  # loop time by which the request head being read must be complete
     _waiting_for_head = True  # Hypercorn reports Updated(idle=True) between requests, idle=False once a head is in
@@ -76,6 +83,8 @@ class _TCPServer(TCPServer):
         await super().protocol_send(event)
 
     async def _read_data(self) -> None:  # Hypercorn's loop, with the deadline applied to each read
+        if isinstance(self.protocol.protocol, H11Protocol):
+            self._head_deadline = self.loop.time() + self.config.header_read_timeout
         while not self.reader.at_eof():
             timeout = self.config.read_timeout
             if self._head_deadline is not None:
@@ -184,6 +193,7 @@ async def serve(
     else:
         config.bind = binds
     limits = server.limits
+    config.backlog = BACKLOG
     config.max_header_bytes = limits.max_header_bytes
     config.h11_max_incomplete_size = limits.engine_header_bytes
     config.h2_max_header_list_size = limits.engine_header_bytes

@@ -1,11 +1,12 @@
 """Listening sockets that gatewayd binds itself: SO_REUSEPORT, so each worker of the host binds its
 own and the kernel spreads connections (and keeps a QUIC client's datagrams on one worker), and
-TCP_FASTOPEN where asked for and available."""
+TCP_FASTOPEN where asked for and available; and how many connections a worker may hold."""
 
 from __future__ import annotations
 
 import logging
 import os
+import resource
 import socket
 
 from ..config.model import Listen, ServerConfig
@@ -13,6 +14,26 @@ from ..config.model import Listen, ServerConfig
 log = logging.getLogger("gatewayd.server")
 
 FASTOPEN_QUEUE = 256  # pending TCP Fast Open connections a listener accepts before falling back to a plain handshake
+# connections the kernel queues for a listener before the engine accepts them (capped by the
+# net.core.somaxconn sysctl); the engines' defaults are 128 (Granian's embedded server) and 100 (Hypercorn)
+BACKLOG = 4096
+
+
+def connection_limit() -> int:
+    """How many client connections one worker may hold at once: half of its open-file limit, after
+    raising the soft limit to the hard one (as Go's runtime does), so that the other half stays for
+    upstream connections and files, and an engine that accepts up to this limit never loops on
+    EMFILE. Granian's embedded server otherwise holds 128 (`backpressure`, from its backlog), and
+    the 129th connection waits until one of them closes."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if want > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+        except (OSError, ValueError) as exc:
+            log.warning("cannot raise the open-file limit from %d to %d: %s", soft, want, exc)
+    return max(128, soft // 2)
 
 
 def fastopen_wanted(server: ServerConfig) -> bool:

@@ -230,6 +230,8 @@ def compile_proxy(
                     drop = drop_down
                     if (connection := response.headers.get("connection")) is not None:  # and the fields it names
                         drop = drop_down | {t.decode("latin-1") for t in _connection_tokens(connection.encode("latin-1"))}
+                    if "transfer-encoding" in response.headers:  # a Content-Length beside it is not the body's (RFC 9112 6.3)
+                        drop = drop | {"content-length"}
                     out = [
                         (name.encode("latin-1"), value.encode("latin-1"))
                         for name, value in response.headers.items()

@@ -366,8 +366,8 @@ def test_a_slow_head_within_the_timeout_is_served(gw):
 
 
 def test_idle_keep_alive_connection_is_closed(gw):
-    """Granian closes an idle HTTP/1.1 connection after header_read_timeout (1s here), Hypercorn after
-    keep_alive_timeout (2s here)."""
+    """Both engines close an idle HTTP/1.1 connection after keep_alive_timeout (2s here; Granian's
+    own timer, header_read_timeout, is 1s here: the watchdog applies keep_alive_timeout)."""
     with socket.create_connection((HOST, gw.port), timeout=CLIENT_TIMEOUT_S) as s:
         s.sendall(f"GET / HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
         response = b""
@@ -377,8 +377,7 @@ def test_idle_keep_alive_connection_is_closed(gw):
             response += chunk
         assert response.startswith(b"HTTP/1.1 200")
         waited = seconds_until_closed(s)
-    expected = {"granian": 1.0, "hypercorn": 2.0}[gw.engine]
-    assert expected * 0.7 <= waited <= expected + 3.0, waited
+    assert 2.0 * 0.7 <= waited <= 2.0 + 3.0, waited
 
 
 # --- max_concurrent_streams ---------------------------------------------------------------------

@@ -163,15 +163,15 @@ def test_rewrite_strip_and_add_prefix(client):
 
 
 def test_an_encoded_path_cannot_move_the_upstream_authority(gw, upstreams):
-    """`/strip%2F@host/x` matches the prefix once decoded, but is not stripped in its encoded form:
-    the upstream URL keeps its own host and gets the path as the client sent it."""
+    """`/strip%2F@host/x` would match the prefix once decoded but not in its encoded form: an encoded
+    slash gets 400 (`server.paths.encoded_slash: reject`), so no reading of it reaches an upstream.
+    (With `decode`, it is routed and forwarded as `/strip/@host/x`: see test_paths.py.)"""
     conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
     conn.request("GET", "/strip%2F@127.0.0.2:1/x")
     r = conn.getresponse()
     body = json.loads(r.read())
     conn.close()
-    assert r.status == 200
-    assert body["upstream"] == "a" and body["path"] == "/strip/@127.0.0.2:1/x"
+    assert r.status == 400 and body["error"] == "bad_path" and "%2F" in body["message"]
 
 
 def test_rewrite_strip_prefix_only(client):

@@ -1,4 +1,8 @@
-"""`redirect`: a Location built from precomputed pieces, path params filled in and percent-encoded."""
+"""`redirect`: a Location built from precomputed pieces, path params filled in and percent-encoded.
+
+Params come from the normalized path (gatewayd.routing.normalize), so they are percent-encoded
+already: their escapes are kept as they are, and every other character but the unreserved ones is
+encoded (a param may land in the query of `to`)."""
 
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ def compile_location(spec: dict):
         if names:
             parts = [literals[0]]
             for name, literal in zip(names, literals[1:]):
-                parts.append(quote(params.get(name, ""), safe="").encode())
+                parts.append(quote(params.get(name, ""), safe="%").encode())
                 parts.append(literal)
             to = b"".join(parts)
         else:
