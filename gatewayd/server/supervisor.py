@@ -8,8 +8,8 @@ up to 30 s while it keeps dying), gives up when one worker dies `CRASH_LOOP_DEAT
 and on SIGTERM or SIGINT forwards SIGTERM and waits for the workers to finish their requests in
 flight (up to `server.shutdown_timeout`, then 2 s more before it kills stragglers), exiting 0.
 
-Readiness: each worker sends the supervisor SIGUSR1 once it serves its first config; when every
-worker has, the supervisor sends each of them SIGUSR1 in turn, and from then on their `/health`
+Readiness: each worker sends the supervisor SIGNAL_READY once it serves its first config; when every
+worker has, the supervisor sends each of them SIGNAL_READY in turn, and from then on their `/health`
 says `ok` instead of `starting` (503), so that a load balancer sends traffic only to a host whose
 workers all serve. Workers started later (restarts) are told at start (`ENV_READY`): the host
 stays ready.
@@ -59,8 +59,10 @@ ENV_SUPERVISOR = "GATEWAYD_SUPERVISOR_PID"
 ENV_STATE_DIR = "GATEWAYD_STATE_DIR"  # the folder for state shared by the host's workers
 ENV_READY = "GATEWAYD_HOST_READY"  # set once every worker of the host has served its first config
 
-# worker -> supervisor: "I serve my first config"; supervisor -> worker: "every worker does"
-SIGNAL_READY = signal.SIGUSR1
+# worker -> supervisor: "I serve my first config"; supervisor -> worker: "every worker does". A
+# real-time signal, because those queue: two workers' SIGUSR1 sent at once merge into one, and the
+# supervisor would wait for the other worker for ever
+SIGNAL_READY = signal.SIGRTMIN
 # blocked in the supervisor (and so, until they unblock them, in the workers it starts)
 SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, SIGNAL_READY})
 
