@@ -46,7 +46,7 @@ routes:
 @pytest.fixture(scope="module")
 def gw(gatewayd_module, upstream, tmp_path_factory):
     schema = tmp_path_factory.mktemp("schemas") / "item.schema.json"
-    shutil.copy(ROOT / "tests" / "data" / "item.schema.json", schema)
+    shutil.copy(ROOT / "tests" / "fixtures" / "item.schema.json", schema)
     return gatewayd_module(CONFIG.format(demo=upstream("demo").url, origin=ORIGIN, key=KEY, schema=schema))
 
 
