@@ -174,6 +174,10 @@ class Supervisor:
             if self._store is not None:
                 self._store.close()
             shutil.rmtree(self.state_dir, ignore_errors=True)
+            # readiness signals still queued (from workers that died since) would kill this process
+            # once unblocked: take them first
+            while signal.sigtimedwait({SIGNAL_READY}, 0) is not None:
+                pass
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
 
     # --- workers ----------------------------------------------------------------------------------
