@@ -22,7 +22,7 @@ from ..runtime.gateway import Gateway
 from ..runtime.watch import reload_on_sighup, watch_file
 from ..store import open_host_store
 from .app import GatewayApp
-from .supervisor import SIGNAL_READY, SIGNALS, Supervisor, WorkerRole, allowed_cpus
+from .supervisor import SIGNAL_READY, SIGNALS, Supervisor, WorkerRole, allowed_cpus, serving_mark
 
 log = logging.getLogger("gatewayd")
 
@@ -133,7 +133,7 @@ async def _serve(gateway: Gateway, listeners, server: ServerConfig, role: Worker
 
         servers.append(serve_quic(app, gateway.store, server, stop))
     if role is not None and role.supervisor_pid is not None:
-        loop.call_soon(_tell_serving, role.supervisor_pid)  # its config loaded, its engines starting
+        loop.call_soon(_tell_serving, role.supervisor_pid, role.state_dir)  # its config loaded, its engines starting
     try:
         await _together(servers, stop)
     finally:
@@ -143,8 +143,11 @@ async def _serve(gateway: Gateway, listeners, server: ServerConfig, role: Worker
         log.info("gatewayd stopped")
 
 
-def _tell_serving(supervisor_pid: int) -> None:
+def _tell_serving(supervisor_pid: int, state_dir: str) -> None:
+    """Leave a mark the supervisor reads (signals sent at once by two workers merge into one), then
+    wake it."""
     try:
+        open(serving_mark(state_dir, os.getpid()), "wb").close()
         os.kill(supervisor_pid, SIGNAL_READY)
     except ProcessLookupError:  # the supervisor is gone, and this worker will be soon
         pass

@@ -59,10 +59,14 @@ ENV_SUPERVISOR = "GATEWAYD_SUPERVISOR_PID"
 ENV_STATE_DIR = "GATEWAYD_STATE_DIR"  # the folder for state shared by the host's workers
 ENV_READY = "GATEWAYD_HOST_READY"  # set once every worker of the host has served its first config
 
-# worker -> supervisor: "I serve my first config"; supervisor -> worker: "every worker does". A
-# real-time signal, because those queue: two workers' SIGUSR1 sent at once merge into one, and the
-# supervisor would wait for the other worker for ever
-SIGNAL_READY = signal.SIGRTMIN
+# worker -> supervisor: "I serve my first config" (with a mark in the state folder, since two
+# workers' signals sent at once merge into one); supervisor -> worker: "every worker does"
+SIGNAL_READY = signal.SIGUSR1
+
+
+def serving_mark(state_dir: str, pid: int) -> str:
+    """The file a worker leaves in the host's state folder once it serves its first config."""
+    return os.path.join(state_dir, f"serving-{pid}")
 # blocked in the supervisor (and so, until they unblock them, in the workers it starts)
 SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, SIGNAL_READY})
 
@@ -148,6 +152,9 @@ class Supervisor:
     def run(self) -> int:
         """Start the workers and look after them until a stop signal (0) or a crash loop (1)."""
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+        # threads started before the mask was set (numpy's) may take a readiness signal: harmless
+        # then, since the loop below reads the workers' marks whatever signal woke it
+        old_ready = signal.signal(SIGNAL_READY, lambda *_: None)
         self.state_dir = tempfile.mkdtemp(prefix="gatewayd-")
         try:
             server = self.config.server
@@ -174,11 +181,12 @@ class Supervisor:
             if self._store is not None:
                 self._store.close()
             shutil.rmtree(self.state_dir, ignore_errors=True)
-            # readiness signals still queued (from workers that died since) would kill this process
-            # once unblocked: take them first
+            # a readiness signal still pending (from a worker that died since) would kill this
+            # process once unblocked: take it first
             while signal.sigtimedwait({SIGNAL_READY}, 0) is not None:
                 pass
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+            signal.signal(SIGNAL_READY, old_ready)
 
     # --- workers ----------------------------------------------------------------------------------
 
@@ -222,8 +230,8 @@ class Supervisor:
                 if info.si_signo == signal.SIGHUP:
                     log.info("SIGHUP: asking every worker to reload")
                     self._signal_all(signal.SIGHUP)
-                if info.si_signo == SIGNAL_READY:
-                    self._serving(info.si_pid)
+            if not self.ready:
+                self._serving()
             for slot in self.slots:
                 if slot.proc is not None and slot.proc.poll() is not None and self._died(slot):
                     return 1
@@ -233,10 +241,11 @@ class Supervisor:
                     self._spawn(slot)
                     self._count_restart()
 
-    def _serving(self, pid: int) -> None:
-        """Worker `pid` serves its first config; once every worker does, tell them all."""
+    def _serving(self) -> None:
+        """A worker serves its first config (maybe several: their signals merge); once every worker
+        does, tell them all."""
         for slot in self.slots:
-            if slot.proc is not None and slot.proc.pid == pid:
+            if slot.proc is not None and os.path.exists(serving_mark(self.state_dir, slot.proc.pid)):
                 slot.serving = True
         if not self.ready and all(slot.serving for slot in self.slots):
             self.ready = True
