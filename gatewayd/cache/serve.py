@@ -33,7 +33,10 @@ SAFE = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 # request fields the origin must not see on a fetch the cache makes: the client's validators are
 # the cache's to answer, and the cache sends its own
 _CONDITIONALS = frozenset({b"if-none-match", b"if-modified-since", b"range", b"if-range"})
-_BODY_END = {"type": "http.response.body", "body": b"", "more_body": False}
+# reasons (admission.py) for which a URL's response cannot be shared, whoever asks: misses of it are
+# not coalesced for PASS_FOR seconds (one request at a time would queue behind each other's fetch)
+_NOT_SHAREABLE = frozenset({"no-store", "private", "set-cookie", "vary-star", "no-freshness", "status", "not-understood"})
+PASS_FOR = 10.0
 
 
 def _status(detail: str) -> bytes:
@@ -55,6 +58,10 @@ def compile_cached(action, tiers, ns: bytes, rules: Rules, beta: float | None, p
     `key_fields`: request fields in the key; `counter(result)`: counts an answer by its kind."""
     l1 = tiers.l1
     flights = tiers.flights
+    passes = tiers.passes
+
+    def url_for(path: str, query: bytes) -> bytes:
+        return url_of(path, query if pick_query is None else pick_query(query))
 
     async def cached(ex) -> None:
         scope = ex.scope
@@ -66,8 +73,7 @@ def compile_cached(action, tiers, ns: bytes, rules: Rules, beta: float | None, p
             counter("bypass")
             ex.add_headers(((b"cache-status", FWD_BYPASS + b"; detail=range"),))
             return await action(ex)
-        query = scope["query_string"]
-        url = url_of(scope["path"], query if pick_query is None else pick_query(query))
+        url = url_for(scope["path"], scope["query_string"])
         key = b"%s\x00%s\x00%s" % (ns, view.host or b"", url)
         if view.fields:
             key += b"\x00" + b"\x00".join(view.fields.get(f, b"") for f in key_fields)
@@ -158,13 +164,13 @@ def compile_cached(action, tiers, ns: bytes, rules: Rules, beta: float | None, p
             ex.send = send
         if seen and seen[0]["status"] < 400:
             scope = ex.scope
-            urls = {url_of(scope["path"], scope["query_string"])}
+            urls = {url_for(scope["path"], scope["query_string"])}
             host = next((v for n, v in scope["headers"] if n == b"host"), b"").lower()
             for name, value in seen[0]["headers"]:
                 if name.lower() in (b"location", b"content-location"):
                     same = _same_origin(value, host)
                     if same is not None:
-                        urls.add(same)
+                        urls.add(url_for(*same))
             for url in urls:
                 tiers.purge("url", url)
 
@@ -183,7 +189,10 @@ def compile_cached(action, tiers, ns: bytes, rules: Rules, beta: float | None, p
         flight_key = key if consumer is None else key + b"\x00" + consumer.encode()
         foreign_auth = view.authorization and consumer is None
         running = flights.get(flight_key)
-        if running is not None and view.rules is NO_RULES:
+        lead = not foreign_auth and running is None
+        if passes.get(key, 0.0) > time():
+            lead = False  # its last response could not be shared: nobody waits on a fetch of it
+        elif running is not None and view.rules is NO_RULES:
             try:
                 entry = await asyncio.wait_for(asyncio.shield(running), timeout)
             except TimeoutError:
@@ -195,8 +204,7 @@ def compile_cached(action, tiers, ns: bytes, rules: Rules, beta: float | None, p
             ):
                 counter("collapsed")
                 return await _serve(ex, entry, view, time(), cache_status + b"; collapsed")
-            running = None
-        future = flights.lead(flight_key) if running is None and not foreign_auth else None
+        future = flights.lead(flight_key) if lead else None
         entry = None
         try:
             entry = await _origin(ex, ex.scope, consumer, ex.request_id, key, url, view, stale, cache_status)
@@ -209,7 +217,7 @@ def compile_cached(action, tiers, ns: bytes, rules: Rules, beta: float | None, p
         refresh). The entry stored, or None."""
         request_time = time()
         foreign_auth = view.authorization and consumer is None
-        kept = {}
+        kept = {}  # the entry admission made of the response
 
         def keep(status: int, headers) -> bool:
             if stale is not None:
@@ -222,9 +230,11 @@ def compile_cached(action, tiers, ns: bytes, rules: Rules, beta: float | None, p
                 request_time=request_time, response_time=time(), consumer=consumer, url=url,
             )  # fmt: skip
             if isinstance(result, str):
-                kept["reason"] = result
+                if result in _NOT_SHAREABLE:
+                    passes[key] = time() + PASS_FOR
                 return False
             kept["entry"] = result
+            passes.pop(key, None)
             return True
 
         cap = Capture(_upstream_scope(scope, stale), client, keep, rules.max_object, cache_status, consumer, request_id)
@@ -284,7 +294,7 @@ def compile_cached(action, tiers, ns: bytes, rules: Rules, beta: float | None, p
     async def _hand_on(client, cap: Capture) -> None:
         headers = [*cap.headers, (b"cache-status", cap.cache_status)]
         await client.start(cap.status, headers, cap.dated)
-        body = cap.body()
+        body = b"" if cap.head else cap.body()
         client.sent = len(body)
         await client.send({"type": "http.response.body", "body": body})
 
@@ -312,8 +322,8 @@ def compile_cached(action, tiers, ns: bytes, rules: Rules, beta: float | None, p
     return cached
 
 
-def _same_origin(value: bytes, host: bytes) -> bytes | None:
-    """The path (and query) of a Location or Content-Location that names this origin, else None."""
+def _same_origin(value: bytes, host: bytes) -> tuple[str, bytes] | None:
+    """The path and query of a Location or Content-Location that names this origin, else None."""
     try:
         parts = urlsplit(value.decode("latin-1"))
     except ValueError:
@@ -322,4 +332,4 @@ def _same_origin(value: bytes, host: bytes) -> bytes | None:
         return None
     if not parts.path.startswith("/"):
         return None
-    return url_of(parts.path, parts.query.encode("latin-1"))
+    return parts.path, parts.query.encode("latin-1")

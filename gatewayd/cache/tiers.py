@@ -21,6 +21,19 @@ from .l2 import L2
 
 log = logging.getLogger("gatewayd.cache")
 
+PASSES_MAX = 10_000
+
+
+class Passes(dict):
+    """Keys whose last response could not be stored, with when that stops mattering; bounded: when
+    full, the oldest half is forgotten."""
+
+    def __setitem__(self, key, until) -> None:
+        if len(self) >= PASSES_MAX and key not in self:
+            for old in list(self)[: PASSES_MAX // 2]:
+                del self[old]
+        super().__setitem__(key, until)
+
 PURGE_POLL = 0.02
 PURGE_SETTLE = 0.08
 _PURGES = b"cache-purge/"
@@ -33,6 +46,7 @@ class Tiers:
         self.l2 = l2
         self.store = store  # the host store: purge records and refresh leases
         self.flights = Flights()
+        self.passes = Passes()  # keys whose last response could not be shared -> until when (wall clock)
         self._seen = b"%s%020d" % (_PURGES, time.time_ns())
         self._me = b"-%d" % os.getpid()
         self._poller: asyncio.Task | None = None
