@@ -95,8 +95,9 @@ def compile_cached(action, tiers, ns: bytes, rules: Rules, beta: float | None, p
                 _refresh(key, scope, entry, consumer, ex.request_id)
                 counter("stale")
                 return await _serve(ex, entry, view, now, b"%s; ttl=%d; detail=stale-while-revalidate" % (HIT, entry.stale_at - now))
-            return await _fetch(ex, key, url, view, entry, FWD_REQUEST if view.rules.no_cache else FWD_STALE)
-        if view.rules.only_if_cached:
+            if not view.rules.only_if_cached:
+                return await _fetch(ex, key, url, view, entry, FWD_REQUEST if view.rules.no_cache else FWD_STALE)
+        if view.rules.only_if_cached:  # RFC 9111 section 5.2.1.7: never the origin
             counter("miss")
             ex.add_headers(((b"cache-status", FWD_MISS + b"; detail=only-if-cached"),))
             return await ex.error(504, "not_cached", "only-if-cached: no stored response can answer this request")

@@ -251,10 +251,17 @@ def test_an_unsafe_method_invalidates_the_url(gw, origin):
     assert fresh(gw, path).text != first.text and origin.asked[path] == 3
 
 
-def test_only_if_cached_without_a_stored_response_is_504(gw, origin):
-    r = fresh(gw, "/nothing-here", headers={"Cache-Control": "only-if-cached"})
+def test_only_if_cached_never_asks_the_origin(gw, origin):
+    only = {"Cache-Control": "only-if-cached"}
+    r = fresh(gw, "/nothing-here", headers=only)
     assert r.status_code == 504 and r.json()["error"] == "not_cached"
-    assert origin.asked["/nothing-here"] == 0
+    path = "/oic?cc=max-age%3D1&nodate=1"
+    first = fresh(gw, path)
+    time.sleep(1.2)
+    assert fresh(gw, path, headers=only).status_code == 504  # stale, and the origin may not be asked
+    stale = fresh(gw, path, headers={"Cache-Control": "only-if-cached, max-stale"})
+    assert stale.status_code == 200 and stale.text == first.text
+    assert origin.asked["/nothing-here"] == 0 and origin.asked[path] == 1
 
 
 def test_the_shared_tier_makes_one_workers_fetch_a_hit_for_the_other(two_workers, origin):
