@@ -37,6 +37,7 @@ _CONDITIONALS = frozenset({b"if-none-match", b"if-modified-since", b"range", b"i
 # not coalesced for PASS_FOR seconds (one request at a time would queue behind each other's fetch)
 _NOT_SHAREABLE = frozenset({"no-store", "private", "set-cookie", "vary-star", "no-freshness", "status", "not-understood"})
 PASS_FOR = 10.0
+ELSEWHERE_POLL = 0.005  # seconds between looks into the shared tier for another worker's fetch
 
 
 def _status(detail: str) -> bytes:
@@ -113,12 +114,7 @@ def compile_cached(action, tiers, ns: bytes, rules: Rules, beta: float | None, p
                 return entry
         if tiers.l2 is None:
             return None
-
-        def candidates(vary):
-            selected = selection(headers, vary)
-            return [(selected, consumer), (selected, None)] if consumer is not None else [(selected, None)]
-
-        found = tiers.l2.lookup(key, url, candidates)
+        found = tiers.l2.lookup(key, url, _candidates(headers, consumer))
         if found is None:
             return None
         selected, entry = found
@@ -207,11 +203,37 @@ def compile_cached(action, tiers, ns: bytes, rules: Rules, beta: float | None, p
                 return await _serve(ex, entry, view, time(), cache_status + b"; collapsed")
         future = flights.lead(flight_key) if lead else None
         entry = None
+        leased = False
         try:
+            if future is not None and stale is None and tiers.l2 is not None and view.rules is NO_RULES:
+                entry = await _fetched_elsewhere(key, url, ex.scope["headers"], consumer, flight_key)
+                if entry is not None:
+                    counter("collapsed")
+                    return await _serve(ex, entry, view, time(), cache_status + b"; collapsed")
+                leased = True
             entry = await _origin(ex, ex.scope, consumer, ex.request_id, key, url, view, stale, cache_status)
         finally:
+            if leased:
+                tiers.release(b"fetch", flight_key, timeout)
             if future is not None:
                 flights.land(flight_key, future, entry)
+
+    async def _fetched_elsewhere(key: bytes, url: bytes, headers, consumer, flight_key: bytes):
+        """When another worker of the host is fetching `key`, what it stored (polled in the shared
+        tier until it releases its lease, within the timeout); None, holding the lease, when this
+        worker is to fetch it."""
+        deadline = time() + timeout
+        candidates = _candidates(headers, consumer)
+        while not tiers.lease(b"fetch", flight_key, timeout):
+            await asyncio.sleep(ELSEWHERE_POLL)
+            found = tiers.l2.lookup(key, url, candidates)
+            if found is not None:
+                selected, entry = found
+                l1.put(key, ns, entry, selected)
+                return entry
+            if time() > deadline:
+                break
+        return None
 
     async def _origin(client, scope, consumer, request_id, key, url, view, stale, cache_status):
         """One fetch from the origin for the request `scope`, answering `client` (None: a background
@@ -302,7 +324,7 @@ def compile_cached(action, tiers, ns: bytes, rules: Rules, beta: float | None, p
     def _refresh(key: bytes, scope, entry, consumer, request_id) -> None:
         """Refresh `entry` in the background, unless a refresh of it runs here or on another worker."""
         flight_key = key if consumer is None else key + b"\x00" + consumer.encode()
-        if flight_key in flights or not tiers.lease(key, max(0.05, min(timeout, entry.lifetime / 2 or 1.0))):
+        if flight_key in flights or not tiers.lease(b"refresh", flight_key, max(0.05, min(timeout, entry.lifetime / 2 or 1.0))):
             return
         future = flights.lead(flight_key)
 
@@ -321,6 +343,16 @@ def compile_cached(action, tiers, ns: bytes, rules: Rules, beta: float | None, p
         task.add_done_callback(tiers.tasks.discard)
 
     return cached
+
+
+def _candidates(headers, consumer):
+    """For the shared tier's lookup: the variants a request may use, given the fields a URL varies on."""
+
+    def candidates(vary):
+        selected = selection(headers, vary)
+        return [(selected, consumer), (selected, None)] if consumer is not None else [(selected, None)]
+
+    return candidates
 
 
 def _same_origin(value: bytes, host: bytes) -> tuple[str, bytes] | None:

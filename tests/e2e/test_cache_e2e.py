@@ -344,3 +344,16 @@ def test_misses_of_a_response_that_cannot_be_shared_do_not_queue(gw, origin):
 def test_a_head_miss_of_a_response_that_is_not_stored_has_no_body(gw, origin):
     r = httpx.head(gw.url + "/head-pass?cc=no-store")
     assert r.status_code == 200 and r.content == b"" and int(r.headers["content-length"]) > 0
+
+
+def test_concurrent_misses_on_two_workers_send_one_upstream_request(two_workers, origin):
+    """The workers coalesce through the host store: one fetches, the other waits for the shared tier."""
+    path = "/coalesce-host?cc=max-age%3D60&delay=400"
+
+    async def many():  # 60 at once: 60 new connections, spread over both workers
+        async with httpx.AsyncClient(base_url=two_workers.url, timeout=20, limits=httpx.Limits(max_connections=60)) as client:
+            return await asyncio.gather(*(client.get(path) for _ in range(60)))
+
+    answers = asyncio.run(many())
+    assert [r.status_code for r in answers] == [200] * 60 and len({r.text for r in answers}) == 1
+    assert origin.asked[path] == 1
