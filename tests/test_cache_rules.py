@@ -10,7 +10,7 @@ import pytest
 
 from gatewayd.cache import directives
 from gatewayd.cache.admission import Rules, admit
-from gatewayd.cache.conditional import headers_304, not_modified
+from gatewayd.cache.conditional import headers_304, not_modified, validates
 from gatewayd.cache.entry import Entry
 from gatewayd.cache.freshness import (
     FRESH, NO_RULES, REVALIDATE_LATER, STALE_OK, VALIDATE, RequestRules, initial_age, judge, lifetime,
@@ -78,6 +78,7 @@ def test_initial_age_counts_the_origins_age_the_trip_and_a_date_in_the_past():
     assert initial_age(b"10", T, T - 0.5, T) == pytest.approx(10.5)
     assert initial_age(None, T - 30, T, T) == pytest.approx(30)  # Date 30 s ago: apparent age
     assert initial_age(b"nonsense", T, T, T) == 0
+    assert initial_age(b"30, 10", T, T, T) == 30  # a list: its first member
 
 
 # --- what a request may use (sections 4 and 5.2.1) --------------------------------------------------
@@ -194,6 +195,19 @@ def test_if_none_match_uses_weak_comparison_and_wins_over_if_modified_since():
     assert not_modified(entry, None, b"Fri, 15 Jan 2027 07:00:00 GMT")
     assert not not_modified(entry, None, b"Fri, 15 Jan 2027 06:00:00 GMT")
     assert {n for n, _ in headers_304(entry)} == {b"cache-control", b"etag", b"last-modified", b"date"}
+    assert not_modified(stored(cache_control="max-age=5", etag='"a,b"'), b'"a,b"', None)  # a comma inside a tag
+    assert not not_modified(entry, None, b"")  # If-Modified-Since given twice: ignored
+
+
+def test_a_304_updates_only_the_response_its_validator_names():
+    strong = stored(cache_control="max-age=5", etag='"a"', last_modified="Fri, 15 Jan 2027 07:00:00 GMT")
+    assert validates(strong, fields(etag='"a"')) and validates(strong, fields(etag='W/"a"'))
+    assert not validates(strong, fields(etag='"b"'))
+    weak = stored(cache_control="max-age=5", etag='W/"a"')
+    assert not validates(weak, fields(etag='"a"'))  # a strong tag names a strong validator
+    assert validates(strong, fields(last_modified="Fri, 15 Jan 2027 07:00:00 GMT"))
+    assert not validates(strong, fields(last_modified="Fri, 15 Jan 2027 07:30:00 GMT"))
+    assert validates(strong, fields(cache_control="max-age=60"))
 
 
 # --- request view and key -----------------------------------------------------------------------

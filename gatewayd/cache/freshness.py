@@ -54,7 +54,7 @@ def lifetime(
 
 def initial_age(age: bytes | None, date: float | None, request_time: float, response_time: float) -> float:
     """The corrected initial age (section 4.2.3): what the response's Age and Date say, plus its trip."""
-    age_value = seconds(age.decode("latin-1").strip()) if age else None
+    age_value = seconds(age.split(b",")[0].decode("latin-1").strip()) if age else None  # a list: its first (5.1)
     apparent = max(0.0, response_time - date) if date is not None else 0.0
     corrected = (age_value or 0) + (response_time - request_time)
     return max(apparent, corrected)

@@ -36,8 +36,8 @@ class View:
                     pragma = value
                 elif name == b"if-none-match":
                     self.if_none_match = value if self.if_none_match is None else self.if_none_match + b"," + value
-                elif name == b"if-modified-since":
-                    self.if_modified_since = value
+                elif name == b"if-modified-since":  # given twice: ignored (RFC 9110 section 13.1.3)
+                    self.if_modified_since = value if self.if_modified_since is None else b""
                 elif name == b"range":
                     self.ranged = True
                 else:

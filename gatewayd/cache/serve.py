@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 from . import admission
 from .admission import Rules
 from .capture import Capture
-from .conditional import headers_304, not_modified
+from .conditional import headers_304, not_modified, validates
 from .freshness import FRESH, NO_RULES, REVALIDATE_LATER, STALE_OK, may_serve_on_error, judge
 from .request import View, selection, url_of
 
@@ -163,9 +163,10 @@ def compile_cached(action, tiers, ns: bytes, rules: Rules, beta: float | None, p
             scope = ex.scope
             urls = {url_for(scope["path"], scope["query_string"])}
             host = next((v for n, v in scope["headers"] if n == b"host"), b"").lower()
+            scheme = scope.get("scheme", "http")
             for name, value in seen[0]["headers"]:
                 if name.lower() in (b"location", b"content-location"):
-                    same = _same_origin(value, host)
+                    same = _same_origin(value, scheme, host)
                     if same is not None:
                         urls.add(url_for(*same))
             for url in urls:
@@ -285,9 +286,15 @@ def compile_cached(action, tiers, ns: bytes, rules: Rules, beta: float | None, p
             counter("miss")
             return None
         if cap.status == 304 and stale is not None:
-            entry = _updated(stale, cap.headers, request_time, now, consumer, url)
-            if isinstance(entry, str):  # the 304 made it unstorable: serve it this once
-                entry = stale
+            if not validates(stale, cap.headers):  # RFC 9111 section 4.3.4: ask again, unconditionally
+                return await _origin(client, scope, consumer, request_id, key, url, view, None, cache_status)
+            entry, merged = _updated(stale, cap.headers, request_time, now, consumer, url)
+            if isinstance(entry, str):  # the 304's fields forbid storing it: it answers this once, then is gone
+                l1.remove(key)
+                if client is not None:
+                    counter("miss")
+                    await _serve(client, merged, view, now, cache_status + b"; fwd-status=304")
+                return None
             detail = b"; fwd-status=304"
         else:
             entry = kept.get("entry")
@@ -303,16 +310,18 @@ def compile_cached(action, tiers, ns: bytes, rules: Rules, beta: float | None, p
         return entry
 
     def _updated(stale, headers_304, request_time, now, consumer, url):
-        """The stored response with the fields of a 304 that validated it (RFC 9111 section 3.2)."""
+        """The stored response with the fields of a 304 that validated it (RFC 9111 section 3.2): the
+        entry to store (or why it may not be stored), and the response to answer with."""
         fresh = {n for n, _ in headers_304 if n != b"content-length"}
-        merged = [(n, v) for n, v in stale.headers if n not in fresh] + [(n, v) for n, v in headers_304 if n in fresh]
+        merged = tuple((n, v) for n, v in stale.headers if n not in fresh) + tuple((n, v) for n, v in headers_304 if n in fresh)
         result = admission.admit(
             rules, NO_RULES, False, stale.status, merged, request_time=request_time, response_time=now,
             consumer=consumer if stale.consumer is not None else None, url=url,
         )  # fmt: skip
         if isinstance(result, str):
-            return result
-        return result.replace(body=stale.body, selected=stale.selected)
+            return result, stale.replace(headers=merged, lifetime=0.0, response_time=now, initial_age=0.0)
+        entry = result.replace(body=stale.body, selected=stale.selected)
+        return entry, entry
 
     async def _hand_on(client, cap: Capture) -> None:
         headers = [*cap.headers, (b"cache-status", cap.cache_status)]
@@ -355,11 +364,14 @@ def _candidates(headers, consumer):
     return candidates
 
 
-def _same_origin(value: bytes, host: bytes) -> tuple[str, bytes] | None:
-    """The path and query of a Location or Content-Location that names this origin, else None."""
+def _same_origin(value: bytes, scheme: str, host: bytes) -> tuple[str, bytes] | None:
+    """The path and query of a Location or Content-Location that names this origin (scheme, host
+    and port: RFC 9111 section 4.4), else None."""
     try:
         parts = urlsplit(value.decode("latin-1"))
     except ValueError:
+        return None
+    if parts.scheme and parts.scheme.lower() != scheme:
         return None
     if parts.netloc and parts.netloc.lower().encode("latin-1") != host:
         return None
