@@ -1,0 +1,1237 @@
+"""HTTP caching conformance of gatewayd's response cache, written from the RFCs, section by section:
+RFC 9111 (HTTP Caching), RFC 5861 (stale-while-revalidate, stale-if-error), RFC 9211
+(Cache-Status), and RFC 9110 sections 13.1-13.2 and 15.4.5 (conditional requests, 304).
+
+gatewayd runs as a shared cache in front of one origin: every path and method forwarded, `mode:
+standard`, no `ttl`. The origin is scripted per path (tests/cache_origin.py) and records what it
+receives, so each test checks behaviour first by what reached the origin (how many requests, which
+conditional header fields) and by the response the client got, and only second by Cache-Status.
+
+Each test names the rule it checks and its strength in the RFC: [MUST], [SHOULD], or [MAY] where
+the RFC permits a behaviour that gatewayd's cache issue asks for. Every test runs on Granian; a
+representative subset also runs on Hypercorn. Freshness lifetimes are 1-2 s and every wait is
+bounded.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+from cache_origin import Origin, Reply, body_for, http_date
+from conftest import ENGINES
+
+CONFIG = """
+version: 1
+server:
+  workers: 1
+cache: {{l1_max: 64MiB, l2_max: 256MiB, max_object: 8MiB}}
+upstreams:
+  origin: {{targets: ["{origin}"]}}
+policies:
+  shared: {{cache: {{mode: standard}}}}
+routes:
+  - name: all
+    match: {{path_prefix: /}}
+    policies: [shared]
+    upstream: origin
+"""
+
+both_engines = pytest.mark.parametrize("engine", list(ENGINES), indirect=True)
+granian = pytest.mark.parametrize("engine", ["granian"], indirect=True)
+
+STALE_WAIT_S = 1.2  # past a 1 s freshness lifetime
+DAY = 86_400.0
+
+FWD_REASONS = {"bypass", "method", "uri-miss", "vary-miss", "miss", "request", "stale", "partial"}
+
+
+# --- fixtures -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def origin():
+    o = Origin()
+    yield o
+    o.close()
+
+
+@pytest.fixture(scope="module")
+def gw(gatewayd_module, origin):
+    return gatewayd_module(CONFIG.format(origin=origin.url))
+
+
+@pytest.fixture
+def client(gw):
+    with httpx.Client(base_url=gw.url, timeout=10.0) as c:
+        yield c
+
+
+@pytest.fixture
+def path(request, engine):
+    """A path of this test alone (the origin outlives the gateway of each engine)."""
+    return f"/{request.node.originalname}/{engine}-{uuid.uuid4().hex[:8]}"
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def cc(value: str) -> dict[str, str]:
+    return {"Cache-Control": value}
+
+
+def show(r: httpx.Response) -> str:
+    """The response, for assertion messages."""
+    head = "; ".join(f"{k}: {v}" for k, v in r.headers.multi_items() if k.lower() not in ("server-timing", "x-request-id"))
+    return f"{r.status_code} [{head}] body={r.content[:80]!r}"
+
+
+def saw(origin: Origin, target: str) -> str:
+    """What the origin received at `target`, for assertion messages."""
+    out = []
+    for s in origin.seen(target):
+        cond = {n: s.header(n) for n in ("if-none-match", "if-modified-since") if s.header(n) is not None}
+        out.append(f"{s.method}{' ' + str(cond) if cond else ''} -> {s.status}")
+    return f"origin saw {len(out)}: {out}"
+
+
+def ages(r: httpx.Response) -> list[str]:
+    return r.headers.get_list("age")
+
+
+def age(r: httpx.Response) -> int | None:
+    values = ages(r)
+    if len(values) != 1 or not values[0].strip().isdigit():
+        return None
+    return int(values[0])
+
+
+def reused(origin: Origin, p: str, r: httpx.Response) -> None:
+    """`r` is the first reply to `p`, served from the cache: the origin saw one request."""
+    assert r.content == body_for(p, 1) and origin.count(p) == 1, f"{saw(origin, p)} / {show(r)}"
+
+
+def forwarded(origin: Origin, p: str, r: httpx.Response, n: int = 2) -> None:
+    """`r` is the `n`th reply to `p`: the origin saw `n` requests and the last answer was passed on."""
+    assert r.content == body_for(p, n) and origin.count(p) == n, f"{saw(origin, p)} / {show(r)}"
+
+
+def again(client: httpx.Client, origin: Origin, p: str, *replies: Reply, wait: float = 0.0, headers=None) -> httpx.Response:
+    """Script `p` with `replies`, GET it, wait `wait` seconds, GET it again (with `headers`): the
+    second response."""
+    origin.script(p, *replies)
+    client.get(p)
+    if wait:
+        time.sleep(wait)
+    return client.get(p, headers=headers)
+
+
+def in_parallel(fn, n: int) -> list:
+    """`fn(i)` for i in range(n), at once, each on its own thread; the results in order."""
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        return list(pool.map(fn, range(n), timeout=30))
+
+
+class Checks:
+    """Several independent checks in one test (they share one wait): all are reported together."""
+
+    def __init__(self) -> None:
+        self.failed: list[str] = []
+
+    def check(self, ok: bool, message: str) -> None:
+        if not ok:
+            self.failed.append(message)
+
+    def done(self) -> None:
+        if self.failed:
+            pytest.fail("\n".join(self.failed), pytrace=False)
+
+
+# --- RFC 8941 lists, for Cache-Status -----------------------------------------------------------
+
+
+class SFError(ValueError):
+    pass
+
+
+class Token(str):
+    """An RFC 8941 token (a str subclass, to tell it from a string)."""
+
+
+def parse_sf_list(text: str) -> list[tuple[object, dict[str, object]]]:
+    """An RFC 8941 section 4.2.1 List: [(item or inner list, parameters)]; SFError if malformed."""
+    s, i = text, 0
+
+    def sp(i: int) -> int:
+        while i < len(s) and s[i] == " ":
+            i += 1
+        return i
+
+    def ows(i: int) -> int:
+        while i < len(s) and s[i] in " \t":
+            i += 1
+        return i
+
+    def bare(i: int):
+        if i >= len(s):
+            raise SFError("item expected at end")
+        c = s[i]
+        if c == "-" or c.isdigit():
+            j = i + 1 if c == "-" else i
+            k = j
+            while k < len(s) and (s[k].isdigit() or s[k] == "."):
+                k += 1
+            num = s[j:k]
+            if not num or not num[0].isdigit() or num.count(".") > 1:
+                raise SFError(f"bad number at {i}")
+            if "." in num:
+                whole, frac = num.split(".")
+                if len(whole) > 12 or not 1 <= len(frac) <= 3:
+                    raise SFError(f"bad decimal at {i}")
+                return float(s[i:k]), k
+            if len(num) > 15:
+                raise SFError(f"integer too long at {i}")
+            return int(s[i:k]), k
+        if c == '"':
+            out, k = [], i + 1
+            while k < len(s):
+                ch = s[k]
+                if ch == "\\":
+                    if k + 1 >= len(s) or s[k + 1] not in '"\\':
+                        raise SFError(f"bad escape at {k}")
+                    out.append(s[k + 1])
+                    k += 2
+                    continue
+                if ch == '"':
+                    return "".join(out), k + 1
+                if not " " <= ch <= "~":
+                    raise SFError(f"bad string character at {k}")
+                out.append(ch)
+                k += 1
+            raise SFError("unterminated string")
+        if c.isalpha() or c == "*":
+            k = i + 1
+            while k < len(s) and (s[k].isalnum() or s[k] in "!#$%&'*+-.^_`|~:/"):
+                k += 1
+            return Token(s[i:k]), k
+        if c == ":":
+            k = s.find(":", i + 1)
+            if k < 0:
+                raise SFError("unterminated byte sequence")
+            return s[i + 1 : k].encode(), k + 1
+        if c == "?":
+            if s[i + 1 : i + 2] in ("0", "1"):
+                return s[i + 1] == "1", i + 2
+            raise SFError(f"bad boolean at {i}")
+        raise SFError(f"unexpected {c!r} at {i}")
+
+    def params(i: int):
+        out: dict[str, object] = {}
+        while i < len(s) and s[i] == ";":
+            i = sp(i + 1)
+            if i >= len(s) or not (s[i].islower() or s[i] == "*"):
+                raise SFError(f"bad parameter key at {i}")
+            k = i + 1
+            while k < len(s) and (s[k].islower() or s[k].isdigit() or s[k] in "_-.*"):
+                k += 1
+            key, i = s[i:k], k
+            value: object = True
+            if i < len(s) and s[i] == "=":
+                value, i = bare(i + 1)
+            out[key] = value
+        return out, i
+
+    def member(i: int):
+        if i < len(s) and s[i] == "(":
+            items, i = [], i + 1
+            while True:
+                i = sp(i)
+                if i < len(s) and s[i] == ")":
+                    i += 1
+                    break
+                item, i = bare(i)
+                p, i = params(i)
+                items.append((item, p))
+                if i < len(s) and s[i] not in " )":
+                    raise SFError(f"bad inner list at {i}")
+            p, i = params(i)
+            return (items, p), i
+        item, i = bare(i)
+        p, i = params(i)
+        return (item, p), i
+
+    out: list[tuple[object, dict[str, object]]] = []
+    i = sp(0)
+    if i == len(s):
+        return out
+    for _ in range(1000):
+        m, i = member(i)
+        out.append(m)
+        i = ows(i)
+        if i == len(s):
+            return out
+        if s[i] != ",":
+            raise SFError(f"',' expected at {i} in {text!r}")
+        i = ows(i + 1)
+        if i == len(s):
+            raise SFError("trailing comma")
+    raise SFError("too many members")
+
+
+def cache_status(r: httpx.Response) -> list[tuple[object, dict[str, object]]]:
+    """The Cache-Status list (its field lines combined, RFC 9110 section 5.3)."""
+    return parse_sf_list(", ".join(r.headers.get_list("cache-status")))
+
+
+def ours(r: httpx.Response) -> dict[str, object] | None:
+    """The parameters of gatewayd's Cache-Status member (the last one naming it), or None."""
+    try:
+        members = cache_status(r)
+    except SFError:
+        return None
+    mine = [p for item, p in members if item == "gatewayd"]
+    return mine[-1] if mine else None
+
+
+# --- RFC 9111 section 3: storing responses ------------------------------------------------------
+
+
+@both_engines
+def test_3_fresh_response_is_stored_and_reused(client, origin, path):
+    """Section 3 and 4 [MAY store; gatewayd's issue]: a fresh 200 with max-age is served from the
+    cache, with an Age field (section 4 [MUST]: "a cache MUST generate an Age header field")."""
+    origin.script(path, Reply(200, cc("max-age=60"), "the body"))
+    first = client.get(path)
+    second = client.get(path)
+    assert first.status_code == 200 and first.content == b"the body", show(first)
+    assert second.status_code == 200 and second.content == b"the body", show(second)
+    assert origin.count(path) == 1, saw(origin, path) + " / " + show(second)
+    assert age(second) is not None, f"a hit needs exactly one Age with a non-negative integer: {show(second)}"
+
+
+@both_engines
+def test_3_no_store_response_is_not_stored(client, origin, path):
+    """Section 3 [MUST NOT store] and 5.2.2.5: a response with no-store (even with max-age)."""
+    origin.script(path, Reply(200, cc("max-age=60, no-store")))
+    client.get(path)
+    b = client.get(path)
+    forwarded(origin, path, b)
+
+
+@both_engines
+def test_3_private_response_is_not_stored_by_a_shared_cache(client, origin, path):
+    """Section 3 [MUST NOT store, shared cache] and 5.2.2.7: private (unqualified)."""
+    b = again(client, origin, path, Reply(200, cc("private, max-age=60")))
+    forwarded(origin, path, b)
+
+
+@granian
+def test_3_qualified_private_field_is_not_stored(client, origin, path):
+    """Section 5.2.2.7 [MUST NOT store the named fields, shared cache]: with private="X-Secret" the
+    rest may be stored, the named field never; a cache may also treat it as unqualified private."""
+    b = again(client, origin, path, Reply(200, {"Cache-Control": 'max-age=60, private="X-Secret"', "X-Secret": "s3cret", "X-Open": "o"}))
+    if origin.count(path) == 1:
+        assert "x-secret" not in b.headers and b.headers.get("x-open") == "o", show(b)
+
+
+@granian
+def test_5_2_2_4_qualified_no_cache_field_is_not_reused_without_validation(client, origin, path):
+    """Section 5.2.2.4 [MUST NOT send the named fields without revalidation]: no-cache="X-Volatile";
+    a cache may also treat it as unqualified no-cache (and validate every time)."""
+    b = again(client, origin, path, Reply(200, {"Cache-Control": 'max-age=60, no-cache="X-Volatile"', "X-Volatile": "v1"}))
+    if origin.count(path) == 1:
+        assert "x-volatile" not in b.headers, show(b)
+
+
+@granian
+def test_5_2_1_5_no_store_request_is_not_stored(client, origin, path):
+    """Section 5.2.1.5 [MUST NOT store any response to it]: request no-store."""
+    origin.script(path, Reply(200, cc("max-age=60")))
+    a = client.get(path, headers=cc("no-store"))
+    b = client.get(path)
+    assert a.status_code == 200, show(a)
+    assert origin.count(path) == 2, saw(origin, path) + " / " + show(b)
+
+
+@granian
+@pytest.mark.parametrize("status", [302, 307, 500, 403])
+def test_3_status_not_heuristically_cacheable_is_not_reused(client, origin, path, status):
+    """Sections 3 and 4.2.2 [MUST NOT]: without explicit freshness, a status that is not
+    heuristically cacheable (RFC 9110 section 15.1) is not reused, Last-Modified or not."""
+    headers = {"Last-Modified": http_date(time.time() - 10 * DAY)}
+    if status in (302, 307):
+        headers["Location"] = "/elsewhere"
+    b = again(client, origin, path, Reply(status, headers))
+    assert b.status_code == status, show(b)
+    assert origin.count(path) == 2, saw(origin, path) + " / " + show(b)
+
+
+@granian
+@pytest.mark.parametrize("status", [200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501])
+def test_4_2_2_heuristically_cacheable_status_with_last_modified_is_reused(client, origin, path, status):
+    """Section 4.2.2 [MAY; gatewayd's issue: heuristic freshness where the RFC allows it]: a status
+    heuristically cacheable by default (RFC 9110 section 15.1) with a Last-Modified ten days old
+    and no explicit freshness gets a heuristic lifetime (10% of the interval: a day)."""
+    headers = {"Last-Modified": http_date(time.time() - 10 * DAY)}
+    if status in (300, 301, 308):
+        headers["Location"] = "/elsewhere"
+    origin.script(path, Reply(status, headers))
+    a = client.get(path)
+    b = client.get(path)
+    assert a.status_code == status and b.status_code == status, show(b)
+    assert b.content == a.content, show(b)
+    assert origin.count(path) == 1, saw(origin, path) + " / " + show(b)
+
+
+@granian
+def test_4_2_2_no_heuristic_freshness_without_last_modified(client, origin, path):
+    """Section 4.2.2 (gatewayd's choice in the brief: heuristics only from Last-Modified): a 200
+    with neither explicit freshness nor Last-Modified is forwarded again."""
+    b = again(client, origin, path, Reply(200, {"ETag": '"h1"'}, validate=False))
+    assert origin.count(path) == 2, saw(origin, path) + " / " + show(b)
+
+
+@granian
+def test_3_explicit_freshness_makes_a_302_reusable(client, origin, path):
+    """Section 3 [MAY]: any final status the cache understands is storable with explicit
+    freshness; a 302 with max-age=60 is reused."""
+    b = again(client, origin, path, Reply(302, {"Cache-Control": "max-age=60", "Location": "/there"}))
+    assert b.status_code == 302 and b.headers.get("location") == "/there", show(b)
+    assert origin.count(path) == 1, saw(origin, path) + " / " + show(b)
+
+
+@both_engines
+def test_3_1_connection_named_and_hop_by_hop_fields_are_not_stored(client, origin, path):
+    """Section 3.1 and RFC 9110 section 7.6.1 [MUST]: the Connection field and the fields it names
+    are not forwarded nor stored; other fields, unrecognised ones included, are stored [MUST]. A
+    chunked origin response is served whole from the cache."""
+    origin.script(
+        path,
+        Reply(
+            200,
+            [("Cache-Control", "max-age=60"), ("Connection", "X-Hop-A"), ("X-Hop-A", "1"),
+             ("Keep-Alive", "timeout=30"), ("X-Unknown-Kept", "yes")],
+            "chunked body of a cached response",
+            chunked=True,
+        ),
+    )
+    a = client.get(path)
+    b = client.get(path)
+    assert origin.count(path) == 1, saw(origin, path) + " / " + show(b)
+    for r in (a, b):
+        assert r.content == b"chunked body of a cached response", show(r)
+        assert "x-hop-a" not in r.headers and "keep-alive" not in r.headers, show(r)
+        assert r.headers.get("x-unknown-kept") == "yes", show(r)
+
+
+@granian
+def test_3_a_304_to_a_client_conditional_is_not_stored_as_the_response(client, origin, path):
+    """Section 4.3.2 [MUST NOT evaluate preconditions when nothing is stored] and section 3: a
+    client's If-None-Match on an empty cache reaches the origin; its 304 is passed on, and the next
+    unconditional request gets the full 200."""
+    origin.script(path, Reply(200, {"Cache-Control": "max-age=60", "ETag": '"c1"'}, "full body"))
+    a = client.get(path, headers={"If-None-Match": '"c1"'})
+    assert a.status_code == 304 and a.content == b"", show(a)
+    b = client.get(path)
+    assert b.status_code == 200 and b.content == b"full body", show(b) + " / " + saw(origin, path)
+
+
+# --- RFC 9111 section 3.5: Authorization ------------------------------------------------------
+
+
+@granian
+def test_3_5_response_to_authorized_request_is_not_reused(client, origin, path):
+    """Section 3.5 [MUST NOT]: a shared cache does not reuse a response to a request with
+    Authorization (max-age only) for any later request, with or without Authorization."""
+    origin.script(path, Reply(200, cc("max-age=60")))
+    client.get(path, headers={"Authorization": "Bearer alice"})
+    b = client.get(path, headers={"Authorization": "Bearer alice"})
+    c = client.get(path)
+    assert origin.count(path) == 3, saw(origin, path) + " / " + show(b) + " / " + show(c)
+    assert c.content == body_for(path, 3), show(c)
+
+
+@granian
+@pytest.mark.parametrize("directives", ["public, max-age=60", "s-maxage=60", "max-age=60, must-revalidate"])
+def test_3_5_authorized_response_reused_when_explicitly_allowed(client, origin, path, directives):
+    """Section 3.5 [MAY]: public, s-maxage or must-revalidate allow a shared cache to reuse a
+    response to a request with Authorization."""
+    origin.script(path, Reply(200, cc(directives)))
+    client.get(path, headers={"Authorization": "Bearer alice"})
+    b = client.get(path, headers={"Authorization": "Bearer alice"})
+    assert b.status_code == 200 and b.content == body_for(path, 1), show(b)
+    assert origin.count(path) == 1, saw(origin, path) + " / " + show(b)
+
+
+# --- RFC 9111 section 4: constructing responses from caches -----------------------------------
+
+
+@both_engines
+def test_4_post_is_written_through_and_never_served_from_cache(client, origin, path):
+    """Section 4 [MUST write through unsafe methods]: POST goes to the origin every time, and a
+    GET is not answered with a POST's response."""
+    origin.script(path, Reply(200, cc("max-age=60")))
+    a = client.post(path, content=b"one")
+    b = client.post(path, content=b"two")
+    c = client.get(path)
+    assert origin.count(path, "POST") == 2, saw(origin, path) + " / " + show(b)
+    assert [s.body for s in origin.seen(path, "POST")] == [b"one", b"two"]
+    assert origin.count(path, "GET") == 1 and c.content == body_for(path, 3), saw(origin, path) + " / " + show(c)
+    status = ours(b)
+    assert status is None or "hit" not in status, show(b)
+
+
+@both_engines
+def test_4_cache_key_includes_the_query(client, origin, path):
+    """Section 4 [MUST: the target URI matches], query included."""
+    p1, p2 = f"{path}?a=1", f"{path}?a=2"
+    origin.script(p1, Reply(200, cc("max-age=60")))
+    origin.script(p2, Reply(200, cc("max-age=60")))
+    r1, r2, r1b = client.get(p1), client.get(p2), client.get(p1)
+    assert r1.content == body_for(p1, 1) and r2.content == body_for(p2, 1), show(r1) + " / " + show(r2)
+    assert r1b.content == body_for(p1, 1), show(r1b)
+    assert origin.count(p1) == 1 and origin.count(p2) == 1, saw(origin, p1) + saw(origin, p2)
+
+
+@both_engines
+def test_4_head_is_answered_from_a_stored_get(client, origin, path):
+    """Section 4 (a stored GET response satisfies HEAD) and RFC 9110 section 9.3.2: HEAD gets the
+    header section of the stored GET response, without content, and nothing goes upstream."""
+    origin.script(path, Reply(200, {"Cache-Control": "max-age=60", "ETag": '"h1"', "X-Tag": "t"}, "0123456789"))
+    client.get(path)
+    h = client.head(path)
+    assert h.status_code == 200 and h.content == b"", show(h)
+    assert h.headers.get("etag") == '"h1"' and h.headers.get("x-tag") == "t", show(h)
+    assert origin.count(path) == 1, saw(origin, path) + " / " + show(h)
+
+
+@granian
+def test_4_a_head_response_is_not_served_to_a_get(client, origin, path):
+    """Sections 3 and 4: a response to HEAD has no content, so a later GET is not answered with it."""
+    origin.script(path, Reply(200, cc("max-age=60"), "the content"))
+    h = client.head(path)
+    g = client.get(path)
+    assert h.status_code == 200 and h.content == b"", show(h)
+    assert g.status_code == 200 and g.content == b"the content", show(g) + " / " + saw(origin, path)
+    assert origin.count(path, "GET") == 1, saw(origin, path)
+
+
+@granian
+def test_4_collapsed_misses_send_one_request(client, gw, origin, path):
+    """Section 4 [MAY collapse requests; gatewayd's issue: concurrent misses send one request]:
+    10 concurrent GETs of a missing key, the origin slow to answer."""
+    origin.script(path, Reply(200, cc("max-age=60"), delay=1.0))
+
+    def one(_):
+        with httpx.Client(base_url=gw.url, timeout=10.0) as c:
+            return c.get(path)
+
+    got = in_parallel(one, 10)
+    assert all(r.status_code == 200 and r.content == body_for(path, 1) for r in got), [show(r) for r in got]
+    assert origin.count(path) == 1, saw(origin, path)
+
+
+@granian
+def test_4_collapsed_requests_forwarded_when_the_response_cannot_be_reused(client, gw, origin, path):
+    """Section 4 [MUST]: "if the cache cannot use the returned response for some or all of the
+    collapsed requests, it will need to forward the requests": a private response is never given
+    to the other waiting requests."""
+    origin.script(path, Reply(200, cc("private, max-age=60"), delay=0.5))
+
+    def one(_):
+        with httpx.Client(base_url=gw.url, timeout=15.0) as c:
+            return c.get(path)
+
+    got = in_parallel(one, 5)
+    assert all(r.status_code == 200 for r in got), [show(r) for r in got]
+    assert origin.count(path) == 5, saw(origin, path)
+    assert len({r.content for r in got}) == 5, [r.content for r in got]
+
+
+# --- RFC 9111 section 4.1: Vary ---------------------------------------------------------------
+
+
+def lang_body(seen) -> str:
+    return f"lang={seen.header('x-lang')}"
+
+
+@both_engines
+def test_4_1_vary_matching_request_is_a_hit(client, origin, path):
+    """Section 4.1 [MAY reuse when the nominated fields match]."""
+    origin.script(path, Reply(200, {"Cache-Control": "max-age=60", "Vary": "X-Lang"}, lang_body))
+    client.get(path, headers={"X-Lang": "en"})
+    b = client.get(path, headers={"X-Lang": "en"})
+    assert b.content == b"lang=en", show(b)
+    assert origin.count(path) == 1, saw(origin, path) + " / " + show(b)
+
+
+@both_engines
+def test_4_1_vary_mismatch_is_forwarded(client, origin, path):
+    """Section 4.1 [MUST NOT reuse unless the nominated fields match]: another value, and a field
+    absent in one request and present in the other."""
+    origin.script(path, Reply(200, {"Cache-Control": "max-age=60", "Vary": "X-Lang"}, lang_body))
+    a = client.get(path, headers={"X-Lang": "en"})
+    b = client.get(path, headers={"X-Lang": "fr"})
+    c = client.get(path)
+    assert a.content == b"lang=en" and b.content == b"lang=fr", show(b)
+    assert c.content == b"lang=None", show(c)
+    assert origin.count(path) == 3, saw(origin, path)
+
+
+@granian
+def test_4_1_vary_absent_field_then_present(client, origin, path):
+    """Section 4.1 [MUST]: a field absent from the first request only matches a request where it is
+    also absent."""
+    b = again(client, origin, path, Reply(200, {"Cache-Control": "max-age=60", "Vary": "X-Lang"}, lang_body), headers={"X-Lang": "de"})
+    assert b.content == b"lang=de", show(b)
+    assert origin.count(path) == 2, saw(origin, path)
+
+
+@granian
+def test_4_1_vary_star_never_matches(client, origin, path):
+    """Section 4.1 [MUST]: a stored response with Vary: * always fails to match."""
+    b = again(client, origin, path, Reply(200, {"Cache-Control": "max-age=60", "Vary": "*"}))
+    assert b.content == body_for(path, 2), show(b)
+    assert origin.count(path) == 2, saw(origin, path)
+
+
+@granian
+def test_4_1_vary_on_several_fields(client, origin, path):
+    """Section 4.1 [MUST]: all nominated fields must match (two Vary field lines, lower-case names
+    in one of them); normalisation of values is not required, so values are sent identically."""
+    origin.script(path, Reply(200, [("Cache-Control", "max-age=60"), ("Vary", "X-A"), ("Vary", "x-b")]))
+    client.get(path, headers={"X-A": "1", "X-B": "1"})
+    same = client.get(path, headers={"X-A": "1", "X-B": "1"})
+    assert same.content == body_for(path, 1) and origin.count(path) == 1, saw(origin, path) + " / " + show(same)
+    other = client.get(path, headers={"X-A": "1", "X-B": "2"})
+    assert other.content == body_for(path, 2) and origin.count(path) == 2, saw(origin, path) + " / " + show(other)
+
+
+@granian
+def test_4_1_concurrent_requests_are_not_collapsed_across_vary(client, gw, origin, path):
+    """Section 4 and 4.1 [MUST NOT reuse across a Vary mismatch], also for collapsed requests."""
+    origin.script(path, Reply(200, {"Cache-Control": "max-age=60", "Vary": "X-Lang"}, lang_body, delay=0.5))
+
+    def one(i):
+        with httpx.Client(base_url=gw.url, timeout=10.0) as c:
+            return c.get(path, headers={"X-Lang": ["en", "fr"][i % 2]})
+
+    got = in_parallel(one, 6)
+    for i, r in enumerate(got):
+        assert r.content == f"lang={['en', 'fr'][i % 2]}".encode(), (i, show(r))
+    assert 2 <= origin.count(path) <= 6, saw(origin, path)
+
+
+# --- RFC 9111 section 4.2: freshness ----------------------------------------------------------
+
+
+@both_engines
+def test_4_2_max_age_fresh_then_stale(client, origin, path):
+    """Section 4.2 and 5.2.2.1 [MUST NOT reuse stale without validation]: fresh while age is below
+    max-age, then forwarded."""
+    origin.script(path, Reply(200, cc("max-age=2")))
+    client.get(path)
+    fresh = client.get(path)
+    assert fresh.content == body_for(path, 1) and origin.count(path) == 1, saw(origin, path) + " / " + show(fresh)
+    time.sleep(2.1)
+    stale = client.get(path)
+    assert stale.content == body_for(path, 2), show(stale)
+    assert origin.count(path) == 2, saw(origin, path)
+
+
+@granian
+def test_4_2_1_s_maxage_wins_over_max_age_for_a_shared_cache(client, origin, path):
+    """Section 4.2.1 and 5.2.2.10 [MUST]: a shared cache takes s-maxage before max-age, whether
+    shorter or longer."""
+    shorter, longer = f"{path}/shorter", f"{path}/longer"
+    origin.script(shorter, Reply(200, cc("max-age=60, s-maxage=1")))
+    origin.script(longer, Reply(200, cc("max-age=1, s-maxage=60")))
+    client.get(shorter), client.get(longer)
+    time.sleep(STALE_WAIT_S)
+    a, b = client.get(shorter), client.get(longer)
+    checks = Checks()
+    checks.check(origin.count(shorter) == 2, f"s-maxage=1 beats max-age=60: {saw(origin, shorter)} / {show(a)}")
+    checks.check(origin.count(longer) == 1 and b.content == body_for(longer, 1),
+                 f"s-maxage=60 beats max-age=1: {saw(origin, longer)} / {show(b)}")
+    checks.done()
+
+
+@granian
+def test_5_2_2_1_max_age_zero_is_stale_at_once(client, origin, path):
+    """Section 5.2.2.1 [MUST NOT reuse stale]: max-age=0 (and s-maxage=0 over max-age=60)."""
+    zero, s_zero = f"{path}/zero", f"{path}/s-zero"
+    origin.script(zero, Reply(200, cc("max-age=0")))
+    origin.script(s_zero, Reply(200, cc("max-age=60, s-maxage=0")))
+    for p in (zero, s_zero):
+        client.get(p)
+        b = client.get(p)
+        assert origin.count(p) == 2 and b.content == body_for(p, 2), saw(origin, p) + " / " + show(b)
+
+
+@granian
+def test_5_3_expires_in_the_future_is_fresh(client, origin, path):
+    """Section 4.2.1 and 5.3: without max-age, the lifetime is Expires minus Date."""
+    now = time.time()
+    b = again(client, origin, path, Reply(200, {"Expires": http_date(now + 60), "Date": http_date(now)}))
+    reused(origin, path, b)
+
+
+@granian
+@pytest.mark.parametrize("expires", ["past", "0", "not a date", "-1"])
+def test_5_3_expired_or_invalid_expires_is_stale(client, origin, path, expires):
+    """Section 5.3 [MUST]: "A cache recipient MUST interpret invalid date formats, especially the
+    value 0, as representing a time in the past"; an Expires in the past is stale."""
+    value = http_date(time.time() - 60) if expires == "past" else expires
+    b = again(client, origin, path, Reply(200, {"Expires": value}))
+    forwarded(origin, path, b)
+
+
+@granian
+def test_5_3_max_age_wins_over_expires(client, origin, path):
+    """Section 5.3 [MUST]: with max-age (or s-maxage) present, a recipient MUST ignore Expires."""
+    b = again(client, origin, path, Reply(200, {"Cache-Control": "max-age=60", "Expires": http_date(time.time() - 60)}))
+    reused(origin, path, b)
+
+
+@granian
+def test_4_2_1_expires_lifetime_is_relative_to_date(client, origin, path):
+    """Section 4.2.1 [MUST: lifetime = Expires - Date] and 4.2.3: an origin whose clock is 100 s
+    ahead sends Date = its now and Expires = Date + 1: a 1 s lifetime, though Expires is 101 s
+    ahead of the cache's clock."""
+    ahead = time.time() + 100
+    b = again(client, origin, path, Reply(200, {"Date": http_date(ahead), "Expires": http_date(ahead + 1)}), wait=STALE_WAIT_S + 0.3)
+    forwarded(origin, path, b)
+
+
+@granian
+def test_4_2_3_upstream_age_counts_toward_current_age(client, origin, path):
+    """Section 4.2.3 [MUST]: corrected_age_value includes the received Age; section 4 [MUST]: the
+    Age sent on a hit is the current age (one Age field, the origin's replaced)."""
+    young, old = f"{path}/young", f"{path}/old"
+    origin.script(young, Reply(200, {"Cache-Control": "max-age=60", "Age": "30"}))
+    origin.script(old, Reply(200, {"Cache-Control": "max-age=60", "Age": "70"}))
+    client.get(young)
+    hit = client.get(young)
+    assert origin.count(young) == 1, saw(origin, young) + " / " + show(hit)
+    assert ages(hit) and len(ages(hit)) == 1 and age(hit) is not None and 30 <= age(hit) <= 33, show(hit)
+    client.get(old)
+    b = client.get(old)
+    assert origin.count(old) == 2, f"Age 70 > max-age 60 is stale: {saw(origin, old)} / {show(b)}"
+
+
+@granian
+def test_4_2_3_apparent_age_from_date_counts(client, origin, path):
+    """Section 4.2.3 [MUST]: apparent_age = response_time - Date."""
+    young, old = f"{path}/young", f"{path}/old"
+    now = time.time()
+    origin.script(young, Reply(200, cc("max-age=60"), date=now - 30))
+    origin.script(old, Reply(200, cc("max-age=60"), date=now - 90))
+    client.get(young)
+    hit = client.get(young)
+    assert origin.count(young) == 1, saw(origin, young) + " / " + show(hit)
+    assert age(hit) is not None and 30 <= age(hit) <= 33, show(hit)
+    client.get(old)
+    b = client.get(old)
+    assert origin.count(old) == 2, f"Date 90 s old > max-age 60 is stale: {saw(origin, old)} / {show(b)}"
+
+
+@granian
+def test_4_2_3_date_in_the_future_does_not_extend_freshness(client, origin, path):
+    """Section 4.2.3 [MUST]: apparent_age = max(0, response_time - Date), and the age then grows with
+    resident time: an origin clock 60 s ahead does not make max-age=1 last 61 s."""
+    b = again(client, origin, path, Reply(200, cc("max-age=1"), date=time.time() + 60), wait=STALE_WAIT_S)
+    forwarded(origin, path, b)
+
+
+@both_engines
+def test_4_2_3_age_grows_on_hits(client, origin, path):
+    """Section 4 and 5.1 [MUST]: a hit carries Age = current_age, which grows with resident time."""
+    origin.script(path, Reply(200, cc("max-age=60")))
+    client.get(path)
+    first = client.get(path)
+    time.sleep(1.1)
+    second = client.get(path)
+    assert origin.count(path) == 1, saw(origin, path)
+    assert age(first) is not None and age(second) is not None, show(first) + " / " + show(second)
+    assert age(second) >= age(first) + 1, f"{show(first)} then, 1.1 s later, {show(second)}"
+
+
+@granian
+def test_rfc9110_6_6_1_date_added_when_the_origin_sends_none(client, origin, path):
+    """RFC 9110 section 6.6.1 [MUST]: a recipient with a clock appends a Date to a response without
+    one that it caches or forwards."""
+    origin.script(path, Reply(200, cc("max-age=60"), date=False))
+    a = client.get(path)
+    b = client.get(path)
+    assert a.headers.get("date") and b.headers.get("date"), show(a) + " / " + show(b)
+
+
+@granian
+@pytest.mark.parametrize("value", ["MAX-AGE=60", 'max-age="60"', "public,max-age=60,  x-ext=1"])
+def test_5_2_cache_control_parsing(client, origin, path, value):
+    """Section 5.2 [directives are case-insensitive; recipients ought to accept the quoted form;
+    unknown extensions are ignored, section 5.2.3]."""
+    b = again(client, origin, path, Reply(200, cc(value)))
+    reused(origin, path, b)
+
+
+@granian
+def test_5_2_cache_control_in_several_field_lines(client, origin, path):
+    """Section 5.2 and RFC 9110 section 5.3: field lines combine (public + max-age=60)."""
+    b = again(client, origin, path, Reply(200, [("Cache-Control", "public"), ("Cache-Control", "max-age=60")]))
+    reused(origin, path, b)
+
+
+@granian
+def test_4_2_1_invalid_max_age_is_stale(client, origin, path):
+    """Section 4.2.1 ("caches are encouraged to consider responses that have invalid freshness
+    information to be stale"): max-age=abc."""
+    b = again(client, origin, path, Reply(200, cc("max-age=abc")))
+    assert origin.count(path) == 2, saw(origin, path) + " / " + show(b)
+
+
+# --- RFC 9111 section 4.2.4 and 5.2.2.2/5.2.2.8/5.2.2.10: stale responses prohibited ---------
+
+
+@both_engines
+def test_5_2_2_2_must_revalidate_gives_504_when_the_origin_is_down(client, origin, path):
+    """Section 5.2.2.2 [MUST generate an error, SHOULD be 504] and 5.2.2.8 (proxy-revalidate), 5.2.2.10
+    (s-maxage implies proxy-revalidate): a stale entry the origin cannot revalidate (its
+    connection drops) is not served."""
+    cases = {
+        "must-revalidate": "max-age=1, must-revalidate",
+        "proxy-revalidate": "max-age=1, proxy-revalidate",
+        "s-maxage": "s-maxage=1",
+    }
+    for name, value in cases.items():
+        origin.script(f"{path}/{name}", Reply(200, cc(value), "stored body"), Reply(drop=True))
+        client.get(f"{path}/{name}")
+    time.sleep(STALE_WAIT_S)
+    checks = Checks()
+    for name in cases:
+        p = f"{path}/{name}"
+        r = client.get(p)
+        checks.check(r.content != b"stored body", f"{name}: stale served: {show(r)}")
+        checks.check(r.status_code == 504, f"{name}: 504 expected: {show(r)} / {saw(origin, p)}")
+    checks.done()
+
+
+@granian
+def test_5_2_2_2_must_revalidate_overrides_max_stale(client, origin, path):
+    """Section 5.2.2.2 [MUST NOT use stale, even with a request's max-stale]."""
+    b = again(client, origin, path, Reply(200, cc("max-age=1, must-revalidate")), wait=STALE_WAIT_S, headers=cc("max-stale=60"))
+    forwarded(origin, path, b)
+
+
+@granian
+def test_5_2_2_2_must_revalidate_fresh_is_reused(client, origin, path):
+    """Section 5.2.2.2: must-revalidate only concerns stale responses; a fresh one is reused."""
+    b = again(client, origin, path, Reply(200, cc("max-age=60, must-revalidate")))
+    reused(origin, path, b)
+
+
+# --- RFC 9111 section 5.2.2.4 and 5.2.1: no-cache, request directives -------------------------
+
+
+@both_engines
+def test_5_2_2_4_no_cache_response_is_validated_every_time(client, origin, path):
+    """Section 5.2.2.4 [MUST NOT reuse without successful validation], even with max-age=60: each
+    request reaches the origin; a stored copy is validated with its ETag [section 4.3.1 MUST]."""
+    origin.script(path, Reply(200, {"Cache-Control": "no-cache, max-age=60", "ETag": '"n1"'}, "no-cache body"))
+    for _ in range(3):
+        r = client.get(path)
+        assert r.status_code == 200 and r.content == b"no-cache body", show(r)
+    assert origin.count(path) == 3, saw(origin, path)
+    later = origin.seen(path)[1:]
+    if any(s.conditional for s in later):
+        assert all(s.header("if-none-match") == '"n1"' for s in later), saw(origin, path)
+
+
+@granian
+def test_5_2_1_4_request_no_cache_is_forwarded(client, origin, path):
+    """Section 5.2.1.4: a request's no-cache: not answered from the cache without validation."""
+    b = again(client, origin, path, Reply(200, cc("max-age=60")), headers=cc("no-cache"))
+    forwarded(origin, path, b)
+
+
+@granian
+def test_5_2_1_1_request_max_age_and_1_3_min_fresh(client, origin, path):
+    """Section 5.2.1.1 (request max-age=0, the stored response aged 1 s: validated, with its ETag)
+    and 5.2.1.3 (min-fresh=120 on a 60 s lifetime: forwarded)."""
+    p_age, p_fresh = f"{path}/max-age", f"{path}/min-fresh"
+    origin.script(p_age, Reply(200, {"Cache-Control": "max-age=60", "ETag": '"m1"'}, "m1 body"))
+    origin.script(p_fresh, Reply(200, cc("max-age=60")))
+    client.get(p_age), client.get(p_fresh)
+    b = client.get(p_fresh, headers=cc("min-fresh=120"))
+    checks = Checks()
+    checks.check(origin.count(p_fresh) == 2 and b.content == body_for(p_fresh, 2),
+                 f"min-fresh=120: {saw(origin, p_fresh)} / {show(b)}")
+    time.sleep(1.1)
+    a = client.get(p_age, headers=cc("max-age=0"))
+    checks.check(origin.count(p_age) == 2, f"max-age=0: {saw(origin, p_age)} / {show(a)}")
+    checks.check(a.status_code == 200 and a.content == b"m1 body", f"max-age=0: {show(a)}")
+    if origin.count(p_age) == 2:
+        checks.check(origin.seen(p_age)[1].header("if-none-match") == '"m1"', f"validated with the ETag: {saw(origin, p_age)}")
+    checks.done()
+
+
+@granian
+def test_5_2_1_2_max_stale_accepts_a_stale_response(client, origin, path):
+    """Section 5.2.1.2 and 4.2.4 [MAY: stale explicitly permitted by the client]: max-stale=60 and
+    max-stale without a value."""
+    valued, bare = f"{path}/valued", f"{path}/bare"
+    for p in (valued, bare):
+        origin.script(p, Reply(200, cc("max-age=1")))
+        client.get(p)
+    time.sleep(STALE_WAIT_S)
+    checks = Checks()
+    for p, value in ((valued, "max-stale=60"), (bare, "max-stale")):
+        r = client.get(p, headers=cc(value))
+        checks.check(r.content == body_for(p, 1) and origin.count(p) == 1, f"{value}: {saw(origin, p)} / {show(r)}")
+    checks.done()
+
+
+@granian
+def test_5_2_1_7_only_if_cached(client, origin, path):
+    """Section 5.2.1.7 [SHOULD]: only-if-cached gets a stored response consistent with the request,
+    or 504; nothing goes upstream."""
+    empty, fresh, stale = f"{path}/empty", f"{path}/fresh", f"{path}/stale"
+    origin.script(empty, Reply(200, cc("max-age=60")))
+    origin.script(fresh, Reply(200, cc("max-age=60")))
+    origin.script(stale, Reply(200, cc("max-age=1")))
+    client.get(fresh), client.get(stale)
+    checks = Checks()
+    r = client.get(empty, headers=cc("only-if-cached"))
+    checks.check(r.status_code == 504 and origin.count(empty) == 0, f"nothing stored: {show(r)} / {saw(origin, empty)}")
+    r = client.get(fresh, headers=cc("only-if-cached"))
+    checks.check(r.status_code == 200 and r.content == body_for(fresh, 1) and origin.count(fresh) == 1,
+                 f"fresh: {show(r)} / {saw(origin, fresh)}")
+    time.sleep(STALE_WAIT_S)
+    r = client.get(stale, headers=cc("only-if-cached"))
+    checks.check(r.status_code == 504 and origin.count(stale) == 1, f"stale: {show(r)} / {saw(origin, stale)}")
+    checks.done()
+
+
+# --- RFC 9111 section 4.3: validation ---------------------------------------------------------
+
+
+@both_engines
+def test_4_3_stale_entry_validated_with_etag_and_freshened_by_304(client, origin, path):
+    """Section 4.3.1 [MUST send If-None-Match with the stored ETag], 4.3.3 and 4.3.4 (a 304 freshens
+    the stored response, which answers the request), 3.2 [MUST: header fields of the 304 replace
+    the stored ones, the stored content stays]."""
+    origin.script(
+        path,
+        Reply(200, {"Cache-Control": "max-age=1", "ETag": '"v1"', "X-Version": "1"}, "version one"),
+        Reply(200, {"Cache-Control": "max-age=60", "ETag": '"v1"', "X-Version": "2"}, "not sent: the request is conditional"),
+    )
+    client.get(path)
+    time.sleep(STALE_WAIT_S)
+    b = client.get(path)
+    assert origin.count(path) == 2, saw(origin, path)
+    assert origin.seen(path)[1].header("if-none-match") == '"v1"', saw(origin, path)
+    assert b.status_code == 200 and b.content == b"version one", show(b) + " / " + saw(origin, path)
+    assert b.headers.get("x-version") == "2", show(b)
+    c = client.get(path)
+    assert origin.count(path) == 2, f"freshened by the 304 (max-age=60): {saw(origin, path)} / {show(c)}"
+    assert c.content == b"version one" and c.headers.get("x-version") == "2", show(c)
+
+
+@granian
+def test_4_3_1_stale_entry_validated_with_last_modified(client, origin, path):
+    """Section 4.3.1 [SHOULD send If-Modified-Since with the stored Last-Modified]: 304 -> the stored
+    content."""
+    modified = http_date(time.time() - 3600)
+    b = again(client, origin, path, Reply(200, {"Cache-Control": "max-age=1", "Last-Modified": modified}, "lm body"), wait=STALE_WAIT_S)
+    assert origin.count(path) == 2, saw(origin, path)
+    assert origin.seen(path)[1].header("if-modified-since") == modified, saw(origin, path)
+    assert b.status_code == 200 and b.content == b"lm body", show(b)
+
+
+@granian
+def test_4_3_3_full_response_to_validation_replaces_the_entry(client, origin, path):
+    """Section 4.3.3: a full response to the validation request is used and replaces the stored one."""
+    origin.script(
+        path,
+        Reply(200, {"Cache-Control": "max-age=1", "ETag": '"old"'}, "old body"),
+        Reply(200, {"Cache-Control": "max-age=60", "ETag": '"new"'}, "new body"),
+    )
+    client.get(path)
+    time.sleep(STALE_WAIT_S)
+    b = client.get(path)
+    c = client.get(path)
+    assert b.content == b"new body" and c.content == b"new body", show(b) + " / " + show(c)
+    assert origin.count(path) == 2, saw(origin, path)
+
+
+# --- RFC 9111 section 4.3.2, RFC 9110 sections 13.1, 13.2, 15.4.5: client conditionals ---------
+
+
+@both_engines
+def test_4_3_2_if_none_match_answered_304_from_the_cache(client, origin, path):
+    """RFC 9110 13.1.2 and 15.4.5, RFC 9111 4.3.2: a matching If-None-Match on a fresh entry gets a
+    304 without content, carrying ETag, Date, Cache-Control, Expires, Vary and Content-Location as a
+    200 would [MUST]; nothing goes upstream."""
+    origin.script(path, Reply(200, {
+        "Cache-Control": "max-age=60", "ETag": '"e1"', "Vary": "X-Lang",
+        "Expires": http_date(time.time() + 60), "Content-Location": f"{path}/cl"}, "e1 body"))
+    client.get(path, headers={"X-Lang": "en"})
+    r = client.get(path, headers={"X-Lang": "en", "If-None-Match": '"e1"'})
+    assert r.status_code == 304 and r.content == b"", show(r)
+    assert origin.count(path) == 1, saw(origin, path)
+    for name in ("etag", "date", "cache-control", "expires", "vary", "content-location"):
+        assert r.headers.get(name), f"304 lacks {name}: {show(r)}"
+
+
+@granian
+@pytest.mark.parametrize(
+    ("stored", "sent"),
+    [('W/"w1"', '"w1"'), ('W/"w1"', 'W/"w1"'), ('"s1"', 'W/"s1"'), ('"s1"', '"x", "s1"'), ('"s1"', "*")],
+)
+def test_rfc9110_13_1_2_if_none_match_weak_comparison(client, origin, path, stored, sent):
+    """RFC 9110 13.1.2 [MUST use the weak comparison function]; a list, and *."""
+    origin.script(path, Reply(200, {"Cache-Control": "max-age=60", "ETag": stored}))
+    client.get(path)
+    r = client.get(path, headers={"If-None-Match": sent})
+    assert r.status_code == 304 and r.content == b"", show(r)
+    assert origin.count(path) == 1, saw(origin, path)
+
+
+@granian
+def test_rfc9110_13_1_2_if_none_match_not_matching_gets_the_stored_200(client, origin, path):
+    """RFC 9110 13.1.2: a condition that is true (no tag matches) gets the normal 200."""
+    origin.script(path, Reply(200, {"Cache-Control": "max-age=60", "ETag": '"e1"'}, "e1 body"))
+    client.get(path)
+    r = client.get(path, headers={"If-None-Match": '"other"'})
+    assert r.status_code == 200 and r.content == b"e1 body", show(r)
+    assert origin.count(path) == 1, saw(origin, path)
+
+
+@granian
+def test_rfc9110_13_1_3_if_modified_since_from_the_cache(client, origin, path):
+    """RFC 9110 13.1.3 and 13.2.2, RFC 9111 4.3.2: If-Modified-Since against the stored
+    Last-Modified: same date -> 304; an earlier date -> 200; an invalid date is ignored [MUST];
+    with an If-None-Match present it is ignored [MUST]."""
+    modified = time.time() - 3600
+    origin.script(path, Reply(200, {"Cache-Control": "max-age=60", "Last-Modified": http_date(modified), "ETag": '"i1"'}, "ims body"))
+    client.get(path)
+    checks = Checks()
+    r = client.get(path, headers={"If-Modified-Since": http_date(modified)})
+    checks.check(r.status_code == 304 and r.content == b"", f"same date: {show(r)}")
+    r = client.get(path, headers={"If-Modified-Since": http_date(modified - 60)})
+    checks.check(r.status_code == 200 and r.content == b"ims body", f"earlier date: {show(r)}")
+    r = client.get(path, headers={"If-Modified-Since": "yesterday"})
+    checks.check(r.status_code == 200 and r.content == b"ims body", f"invalid date: {show(r)}")
+    r = client.get(path, headers={"If-Modified-Since": http_date(time.time()), "If-None-Match": '"no"'})
+    checks.check(r.status_code == 200 and r.content == b"ims body", f"If-None-Match takes precedence: {show(r)}")
+    checks.check(origin.count(path) == 1, saw(origin, path))
+    checks.done()
+
+
+# --- RFC 9111 section 4.4: invalidation -------------------------------------------------------
+
+
+def stored(client, origin, p: str) -> None:
+    """Script `p` fresh for 60 s and store it."""
+    origin.script(p, Reply(200, cc("max-age=60")))
+    client.get(p)
+
+
+@both_engines
+def test_4_4_post_invalidates_the_target_uri(client, origin, path):
+    """Section 4.4 [MUST invalidate the target URI on a non-error response to an unsafe method]."""
+    stored(client, origin, path)
+    client.post(path, content=b"x")
+    b = client.get(path)
+    assert origin.count(path, "GET") == 2 and b.content == body_for(path, 3), saw(origin, path) + " / " + show(b)
+
+
+@granian
+@pytest.mark.parametrize(("method", "status"), [("PUT", 201), ("DELETE", 204), ("PATCH", 200), ("POST", 303), ("REPORTX", 200)])
+def test_4_4_unsafe_methods_invalidate(client, origin, path, method, status):
+    """Section 4.4 [MUST]: any unsafe method, or one of unknown safety, answered 2xx or 3xx."""
+    origin.script(path, Reply(200, cc("max-age=60")), Reply(status, {"Location": "/somewhere"} if status == 303 else {}),
+                  Reply(200, cc("max-age=60")))
+    client.get(path)
+    u = client.request(method, path, content=b"x")
+    assert u.status_code == status, show(u)
+    b = client.get(path)
+    assert origin.count(path, "GET") == 2 and b.content == body_for(path, 3), saw(origin, path) + " / " + show(b)
+
+
+@granian
+@pytest.mark.parametrize("status", [500, 404])
+def test_4_4_error_response_does_not_invalidate(client, origin, path, status):
+    """Section 4.4: invalidation follows a non-error (2xx, 3xx) response; an error response leaves
+    the stored response in place (gatewayd's design)."""
+    origin.script(path, Reply(200, cc("max-age=60")), Reply(status, cc("no-store")), Reply(200, cc("max-age=60")))
+    client.get(path)
+    u = client.post(path, content=b"x")
+    assert u.status_code == status, show(u)
+    b = client.get(path)
+    assert origin.count(path, "GET") == 1 and b.content == body_for(path, 1), saw(origin, path) + " / " + show(b)
+
+
+@granian
+@pytest.mark.parametrize("field", ["Location", "Content-Location"])
+def test_4_4_location_of_the_same_origin_invalidated(client, origin, path, field):
+    """Section 4.4 [MAY; gatewayd's issue]: Location and Content-Location of the same origin."""
+    target = f"{path}/item"
+    stored(client, origin, target)
+    origin.script(path, Reply(201, {field: target}))
+    client.post(path, content=b"x")
+    b = client.get(target)
+    assert origin.count(target) == 2, saw(origin, target) + " / " + show(b)
+
+
+@granian
+def test_4_4_location_of_another_origin_not_invalidated(client, origin, path, gw):
+    """Section 4.4 [MUST NOT invalidate a URI of a different origin]: Location naming another host
+    with the same path."""
+    target = f"{path}/item"
+    stored(client, origin, target)
+    origin.script(path, Reply(201, {"Location": f"http://other.example{target}", "Content-Location": f"http://other.example{target}"}))
+    client.post(path, content=b"x")
+    b = client.get(target)
+    assert origin.count(target) == 1 and b.content == body_for(target, 1), saw(origin, target) + " / " + show(b)
+
+
+# --- RFC 5861: stale-while-revalidate and stale-if-error -------------------------------------
+
+
+@both_engines
+def test_rfc5861_3_stale_while_revalidate_serves_stale_and_refreshes_once(client, gw, origin, path):
+    """RFC 5861 section 3 [MAY serve stale while revalidating in the background]: concurrent
+    requests on a stale entry within the window get the stale response at once (the origin takes
+    1.5 s), exactly one refresh goes upstream, and its response is served afterwards."""
+    origin.script(
+        path,
+        Reply(200, cc("max-age=1, stale-while-revalidate=30")),
+        Reply(200, cc("max-age=60"), delay=1.5),
+    )
+    client.get(path)
+    time.sleep(STALE_WAIT_S)
+
+    def one(_):
+        with httpx.Client(base_url=gw.url, timeout=10.0) as c:
+            started = time.monotonic()
+            r = c.get(path)
+            return r, time.monotonic() - started
+
+    got = in_parallel(one, 5)
+    for r, took in got:
+        assert r.status_code == 200 and r.content == body_for(path, 1), show(r)
+        assert took < 1.0, f"the stale response waited {took:.2f} s for the refresh: {show(r)}"
+    assert origin.wait_for(path, 2, timeout=5.0, answered=True), saw(origin, path)
+    time.sleep(0.3)
+    assert origin.count(path) == 2, f"one background refresh: {saw(origin, path)}"
+    after = client.get(path)
+    assert after.content == body_for(path, 2), show(after) + " / " + saw(origin, path)
+    assert origin.count(path) == 2, saw(origin, path)
+
+
+@granian
+def test_rfc5861_3_stale_while_revalidate_window_elapsed(client, origin, path):
+    """RFC 5861 section 3 and RFC 9111 4.2.4 [MUST NOT serve stale beyond the window]: the request
+    waits for the origin."""
+    b = again(client, origin, path, Reply(200, cc("max-age=1, stale-while-revalidate=1")), Reply(200, cc("max-age=60"), delay=0.3), wait=2.2)
+    assert b.content == body_for(path, 2), show(b) + " / " + saw(origin, path)
+    assert origin.count(path) == 2, saw(origin, path)
+
+
+@both_engines
+def test_rfc5861_4_stale_if_error_serves_stale_on_error(client, origin, path):
+    """RFC 5861 section 4 [MAY serve stale on an error, within the window]: origin answering 500,
+    503, or dropping the connection."""
+    cases = {
+        "500": Reply(500, cc("no-store")),
+        "503": Reply(503, cc("no-store")),
+        "down": Reply(drop=True),
+    }
+    for name, error in cases.items():
+        origin.script(f"{path}/{name}", Reply(200, cc("max-age=1, stale-if-error=60"), "good body"), error)
+        client.get(f"{path}/{name}")
+    time.sleep(STALE_WAIT_S)
+    checks = Checks()
+    for name in cases:
+        p = f"{path}/{name}"
+        r = client.get(p)
+        checks.check(r.status_code == 200 and r.content == b"good body", f"{name}: {show(r)} / {saw(origin, p)}")
+        checks.check(origin.count(p) == 2, f"{name}: the cache tried the origin: {saw(origin, p)}")
+    checks.done()
+
+
+@granian
+def test_rfc5861_4_stale_if_error_window_elapsed(client, origin, path):
+    """RFC 5861 section 4 (the value is the upper limit of staleness): past it, the error is passed on."""
+    b = again(client, origin, path, Reply(200, cc("max-age=1, stale-if-error=1"), "good body"), Reply(500, cc("no-store"), "origin error"), wait=2.2)
+    assert b.status_code == 500 and b.content == b"origin error", show(b) + " / " + saw(origin, path)
+
+
+@granian
+def test_rfc5861_4_stale_if_error_in_the_request(client, origin, path):
+    """RFC 5861 section 4 [MAY]: stale-if-error as a request directive."""
+    b = again(client, origin, path, Reply(200, cc("max-age=1"), "good body"), Reply(500, cc("no-store"), "origin error"), wait=STALE_WAIT_S, headers=cc("stale-if-error=60"))
+    assert b.status_code == 200 and b.content == b"good body", show(b) + " / " + saw(origin, path)
+
+
+# --- RFC 9211: Cache-Status -------------------------------------------------------------------
+
+
+@both_engines
+def test_rfc9211_cache_status_on_miss_and_hit(client, origin, path):
+    """RFC 9211 sections 2 and 2.1-2.4: a List (RFC 8941) whose member for gatewayd is a token; a
+    miss has fwd (a registered reason) and no hit, a hit has hit and no fwd, ttl an Integer."""
+    origin.script(path, Reply(200, cc("max-age=60")))
+    miss = client.get(path)
+    hit = client.get(path)
+    for r in (miss, hit):
+        values = r.headers.get_list("cache-status")
+        assert values, f"no Cache-Status: {show(r)}"
+        members = cache_status(r)
+        assert any(item == "gatewayd" and isinstance(item, Token) for item, _ in members), show(r)
+    m, h = ours(miss), ours(hit)
+    assert m is not None and h is not None, show(miss) + " / " + show(hit)
+    assert m.get("fwd") in FWD_REASONS and "hit" not in m, show(miss)
+    assert isinstance(m.get("fwd"), Token), show(miss)
+    assert h.get("hit") is True and "fwd" not in h, show(hit)
+    if "ttl" in h:
+        assert isinstance(h["ttl"], int) and 55 <= h["ttl"] <= 60, show(hit)
+    if "fwd-status" in m:
+        assert m["fwd-status"] == 200, show(miss)
+
+
+@granian
+def test_rfc9211_stale_revalidation_is_fwd_stale(client, origin, path):
+    """RFC 9211 section 2.2: a stale entry sent forward for validation has fwd=stale; fwd-status,
+    when present, is the origin's 304."""
+    origin.script(path, Reply(200, {"Cache-Control": "max-age=1", "ETag": '"s1"'}))
+    client.get(path)
+    time.sleep(STALE_WAIT_S)
+    r = client.get(path)
+    status = ours(r)
+    assert status is not None and status.get("fwd") == "stale", show(r)
+    assert status.get("fwd-status", 304) == 304, show(r)
+
+
+@granian
+def test_rfc9211_upstream_cache_status_is_preserved(client, origin, path):
+    """RFC 9211 section 2 [SHOULD preserve the existing value; the member of the cache closest to
+    the origin comes first]."""
+    origin.script(path, Reply(200, {"Cache-Control": "max-age=60", "Cache-Status": "originproxy; fwd=uri-miss"}))
+    for r in (client.get(path), client.get(path)):
+        members = cache_status(r)
+        assert members and members[0][0] == "originproxy" and members[-1][0] == "gatewayd", show(r)
+
+
+@granian
+def test_rfc9211_post_is_not_a_hit(client, origin, path):
+    """RFC 9211 section 2.1/2.2: an unsafe method goes forward (fwd, e.g. method or bypass)."""
+    origin.script(path, Reply(200, cc("max-age=60")))
+    r = client.post(path, content=b"x")
+    status = ours(r)
+    assert status is None or ("hit" not in status and status.get("fwd") in FWD_REASONS), show(r)
