@@ -33,6 +33,7 @@ class Gateway:
         # the bytes of the last config that loaded, so a worker restarted while the file is broken
         # comes back on the config its siblings still serve (only when a supervisor gave a folder)
         self.last_good = os.path.join(state_dir, "last-good-config") if state_dir else None
+        self.state_dir = state_dir
         self._rejected_sha: str | None = None
         self.status = RuntimeStatus()
         self.observer = Observer(self.store, self.status)  # latency, metrics, access log
@@ -46,7 +47,7 @@ class Gateway:
         config = load_bytes(raw, self.path)
         live, retired = self.registry.resolve(config.upstreams)
         kept = self.kept.generation()
-        table = compile_table(config, live, self.status, self.observer, self.store, kept)
+        table = compile_table(config, live, self.status, self.observer, self.store, kept, self.state_dir)
         table.kept = kept
         return config, table, live, retired
 
