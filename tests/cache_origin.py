@@ -60,7 +60,10 @@ class Seen(rawhttp.Seen):
 
     @property
     def conditional(self) -> bool:
-        return any(self.header(n) is not None for n in ("if-none-match", "if-modified-since", "if-match", "if-unmodified-since"))
+        return any(
+            self.header(n) is not None
+            for n in ("if-none-match", "if-modified-since", "if-match", "if-unmodified-since")
+        )
 
 
 @dataclass
@@ -69,7 +72,8 @@ class Reply:
     several field lines). `body` None gives a body naming the target and the request's number at
     this target (so a test tells which reply a client got); a callable gets the `Seen` request.
     `date` False sends no Date (unless `headers` has one); a number is the Unix time to send.
-    `delay` seconds before the reply is sent. `drop` closes the connection without answering."""
+    `delay` seconds before the reply is sent. `drop` closes the connection without answering;
+    `truncate` sends the header section and half the content, then closes the connection."""
 
     status: int = 200
     headers: dict[str, str] | Iterable[tuple[str, str]] = ()
@@ -79,6 +83,7 @@ class Reply:
     drop: bool = False
     chunked: bool = False
     validate: bool = True
+    truncate: bool = False
 
     def header_list(self) -> list[tuple[str, str]]:
         items = self.headers.items() if isinstance(self.headers, dict) else self.headers
@@ -95,8 +100,7 @@ def _etags(value: str) -> list[str]:
     tags = []
     for part in value.split(","):
         part = part.strip()
-        if part.startswith("W/"):
-            part = part[2:]
+        part = part.removeprefix("W/")
         if part:
             tags.append(part)
     return tags
@@ -112,7 +116,7 @@ def _not_modified(reply: Reply, seen: Seen) -> bool:
         etag = headers.get("etag")
         if etag is None:
             return False
-        mine = etag[2:] if etag.startswith("W/") else etag
+        mine = etag.removeprefix("W/")
         tags = _etags(inm)
         return "*" in tags or mine in tags
     ims = parse_http_date(seen.header("if-modified-since"))
@@ -174,7 +178,11 @@ class Origin:
 
     def seen(self, target: str | None = None, method: str | None = None) -> list[Seen]:
         with self._lock:
-            return [s for s in self._seen if (target is None or s.target == target) and (method is None or s.method == method)]
+            return [
+                s
+                for s in self._seen
+                if (target is None or s.target == target) and (method is None or s.method == method)
+            ]
 
     def count(self, target: str, method: str | None = None) -> int:
         return len(self.seen(target, method))
@@ -225,6 +233,9 @@ class Origin:
                 self._changed.notify_all()
             return
         raw = self._render(reply, seen, number)
+        if reply.truncate:
+            raw = raw[: len(raw) - max(1, len(raw) - raw.index(b"\r\n\r\n") - 4) // 2]
+            h.close_connection = True
         try:
             h.wfile.write(raw)
             h.wfile.flush()
@@ -242,7 +253,9 @@ class Origin:
         names = {n.lower() for n, _ in fields}
         if _not_modified(reply, seen):
             status = 304
-            fields = [(n, v) for n, v in fields if n.lower() not in ("content-length", "content-type", "transfer-encoding")]
+            fields = [
+                (n, v) for n, v in fields if n.lower() not in ("content-length", "content-type", "transfer-encoding")
+            ]
         if "date" not in names and reply.date is not False:
             fields.append(("Date", http_date(None if reply.date is True else float(reply.date))))
         if callable(reply.body):
