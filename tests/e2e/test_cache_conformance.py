@@ -133,10 +133,18 @@ def again(
     return client.get(p, headers=headers)
 
 
-def in_parallel(fn, n: int) -> list:
-    """`fn(i)` for i in range(n), at once, each on its own thread; the results in order."""
+def at_once(gw, p: str, n: int, headers=lambda i: None) -> list[tuple[httpx.Response, float]]:
+    """`n` GETs of `p` at once, each on its own thread and connection (request i with `headers(i)`):
+    [(response, seconds it took)] in order."""
+
+    def one(i: int) -> tuple[httpx.Response, float]:
+        with httpx.Client(base_url=gw.url, timeout=15.0) as c:
+            started = time.monotonic()
+            r = c.get(p, headers=headers(i))
+            return r, time.monotonic() - started
+
     with ThreadPoolExecutor(max_workers=n) as pool:
-        return list(pool.map(fn, range(n), timeout=30))
+        return list(pool.map(one, range(n), timeout=30))
 
 
 class Checks:
@@ -619,30 +627,9 @@ def test_4_collapsed_misses_send_one_request(client, gw, origin, path):
     10 concurrent GETs of a missing key, the origin slow to answer."""
     origin.script(path, Reply(200, cc("max-age=60"), delay=1.0))
 
-    def one(_):
-        with httpx.Client(base_url=gw.url, timeout=10.0) as c:
-            return c.get(path)
-
-    got = in_parallel(one, 10)
+    got = [r for r, _ in at_once(gw, path, 10)]
     assert all(r.status_code == 200 and r.content == body_for(path, 1) for r in got), [show(r) for r in got]
     assert origin.count(path) == 1, saw(origin, path)
-
-
-@granian
-def test_4_collapsed_requests_forwarded_when_the_response_cannot_be_reused(client, gw, origin, path):
-    """Section 4 [MUST]: "if the cache cannot use the returned response for some or all of the
-    collapsed requests, it will need to forward the requests": a private response is never given
-    to the other waiting requests."""
-    origin.script(path, Reply(200, cc("private, max-age=60"), delay=0.5))
-
-    def one(_):
-        with httpx.Client(base_url=gw.url, timeout=15.0) as c:
-            return c.get(path)
-
-    got = in_parallel(one, 5)
-    assert all(r.status_code == 200 for r in got), [show(r) for r in got]
-    assert origin.count(path) == 5, saw(origin, path)
-    assert len({r.content for r in got}) == 5, [r.content for r in got]
 
 
 @granian
@@ -671,19 +658,19 @@ def test_rfc9110_9_3_7_options_is_not_cached(client, origin, path):
 @granian
 @pytest.mark.parametrize(
     "reply",
-    [Reply(200, cc("no-store"), delay=0.3), Reply(500, {}, delay=0.3)],
-    ids=["no-store", "500-without-freshness"],
+    [
+        Reply(200, cc("private, max-age=60"), delay=0.3),
+        Reply(200, cc("no-store"), delay=0.3),
+        Reply(500, {}, delay=0.3),
+    ],
+    ids=["private", "no-store", "500-without-freshness"],
 )
-def test_4_collapsed_requests_forwarded_when_the_response_is_not_storable(client, gw, origin, path, reply):
-    """Section 4 (as for private): a response that cannot be reused is not given to the waiting
-    collapsed requests; each is forwarded and gets its own response."""
+def test_4_collapsed_requests_forwarded_when_the_response_cannot_be_reused(client, gw, origin, path, reply):
+    """Section 4 [MUST]: "if the cache cannot use the returned response for some or all of the
+    collapsed requests, it will need to forward the requests": a response that cannot be reused is
+    never given to the other waiting requests; each is forwarded and gets its own response."""
     origin.script(path, reply)
-
-    def one(_):
-        with httpx.Client(base_url=gw.url, timeout=15.0) as c:
-            return c.get(path)
-
-    got = in_parallel(one, 4)
+    got = [r for r, _ in at_once(gw, path, 4)]
     assert origin.count(path) == 4, saw(origin, path)
     assert len({r.content for r in got}) == 4, [show(r) for r in got]
 
@@ -758,12 +745,8 @@ def test_4_1_concurrent_requests_are_not_collapsed_across_vary(client, gw, origi
     """Section 4 and 4.1 [MUST NOT reuse across a Vary mismatch], also for collapsed requests."""
     origin.script(path, Reply(200, {"Cache-Control": "max-age=60", "Vary": "X-Lang"}, lang_body, delay=0.5))
 
-    def one(i):
-        with httpx.Client(base_url=gw.url, timeout=10.0) as c:
-            return c.get(path, headers={"X-Lang": ["en", "fr"][i % 2]})
-
-    got = in_parallel(one, 6)
-    for i, r in enumerate(got):
+    got = at_once(gw, path, 6, headers=lambda i: {"X-Lang": ["en", "fr"][i % 2]})
+    for i, (r, _) in enumerate(got):
         assert r.content == f"lang={['en', 'fr'][i % 2]}".encode(), (i, show(r))
     assert 2 <= origin.count(path) <= 6, saw(origin, path)
 
@@ -1474,13 +1457,7 @@ def test_rfc5861_3_stale_while_revalidate_serves_stale_and_refreshes_once(client
     client.get(path)
     time.sleep(STALE_WAIT_S)
 
-    def one(_):
-        with httpx.Client(base_url=gw.url, timeout=10.0) as c:
-            started = time.monotonic()
-            r = c.get(path)
-            return r, time.monotonic() - started
-
-    got = in_parallel(one, 5)
+    got = at_once(gw, path, 5)
     for r, took in got:
         assert r.status_code == 200 and r.content == body_for(path, 1), show(r)
         assert took < 1.0, f"the stale response waited {took:.2f} s for the refresh: {show(r)}"
