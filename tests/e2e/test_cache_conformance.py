@@ -731,8 +731,9 @@ def test_4_1_vary_star_never_matches(client, origin, path):
 @granian
 def test_4_1_vary_on_several_fields(client, origin, path):
     """Section 4.1 [MUST]: all nominated fields must match (two Vary field lines, lower-case names
-    in one of them); normalisation of values is not required, so values are sent identically."""
-    origin.script(path, Reply(200, [("Cache-Control", "max-age=60"), ("Vary", "X-A"), ("Vary", "x-b")]))
+    in one, empty list elements in the other, which RFC 9110 section 5.6.1 says to ignore);
+    normalisation of values is not required, so values are sent identically."""
+    origin.script(path, Reply(200, [("Cache-Control", "max-age=60"), ("Vary", " , X-A,,"), ("Vary", "x-b")]))
     client.get(path, headers={"X-A": "1", "X-B": "1"})
     same = client.get(path, headers={"X-A": "1", "X-B": "1"})
     assert same.content == body_for(path, 1) and origin.count(path) == 1, saw(origin, path) + " / " + show(same)
@@ -789,10 +790,13 @@ def test_4_2_1_s_maxage_wins_over_max_age_for_a_shared_cache(client, origin, pat
 
 @granian
 def test_5_2_2_1_max_age_zero_is_stale_at_once(client, origin, path):
-    """Section 5.2.2.1 [MUST NOT reuse stale]: max-age=0 (and s-maxage=0 over max-age=60)."""
+    """Section 5.2.2.1 [MUST NOT reuse stale]: max-age=0 (and s-maxage=0 over max-age=60); a
+    Last-Modified does not make it heuristically fresh (4.2.2 [MUST NOT use heuristics when an
+    explicit expiration time is present])."""
     zero, s_zero = f"{path}/zero", f"{path}/s-zero"
-    origin.script(zero, Reply(200, cc("max-age=0")))
-    origin.script(s_zero, Reply(200, cc("max-age=60, s-maxage=0")))
+    old = http_date(time.time() - 10 * DAY)
+    origin.script(zero, Reply(200, {"Cache-Control": "max-age=0", "Last-Modified": old}, validate=False))
+    origin.script(s_zero, Reply(200, {"Cache-Control": "max-age=60, s-maxage=0", "Last-Modified": old}, validate=False))
     for p in (zero, s_zero):
         client.get(p)
         b = client.get(p)
@@ -811,10 +815,35 @@ def test_5_3_expires_in_the_future_is_fresh(client, origin, path):
 @pytest.mark.parametrize("expires", ["past", "0", "not a date", "-1"])
 def test_5_3_expired_or_invalid_expires_is_stale(client, origin, path, expires):
     """Section 5.3 [MUST]: "A cache recipient MUST interpret invalid date formats, especially the
-    value 0, as representing a time in the past"; an Expires in the past is stale."""
+    value 0, as representing a time in the past"; an Expires in the past is stale. With a
+    Last-Modified ten days old: an explicit expiration time is present, so no heuristic (4.2.2)."""
     value = http_date(time.time() - 60) if expires == "past" else expires
-    b = again(client, origin, path, Reply(200, {"Expires": value}))
+    last_modified = http_date(time.time() - 10 * DAY)
+    b = again(client, origin, path, Reply(200, {"Expires": value, "Last-Modified": last_modified}, validate=False))
     forwarded(origin, path, b)
+
+
+def rfc850_date(when: float) -> str:
+    return time.strftime("%A, %d-%b-%y %H:%M:%S GMT", time.gmtime(when))
+
+
+def asctime_date(when: float) -> str:
+    return time.strftime("%a %b %e %H:%M:%S %Y", time.gmtime(when))
+
+
+@granian
+@pytest.mark.parametrize("form", [rfc850_date, asctime_date], ids=["rfc850", "asctime"])
+def test_rfc9110_5_6_7_obsolete_date_forms_are_accepted(client, origin, path, form):
+    """RFC 9110 section 5.6.7 [MUST accept all three HTTP-date formats]: an Expires 60 s ahead in an
+    obsolete form is fresh; an If-Modified-Since in it, equal to Last-Modified, gets a 304."""
+    now = time.time()
+    modified = now - 3600
+    origin.script(path, Reply(200, {"Expires": form(now + 60), "Last-Modified": http_date(modified)}))
+    client.get(path)
+    b = client.get(path)
+    reused(origin, path, b)
+    r = client.get(path, headers={"If-Modified-Since": form(modified)})
+    assert r.status_code == 304 and origin.count(path) == 1, show(r) + " / " + saw(origin, path)
 
 
 @granian
@@ -904,10 +933,14 @@ def test_rfc9110_6_6_1_date_added_when_the_origin_sends_none(client, origin, pat
 
 
 @granian
-@pytest.mark.parametrize("value", ["MAX-AGE=60", 'max-age="60"', "public,max-age=60,  x-ext=1"])
+@pytest.mark.parametrize(
+    "value",
+    ["MAX-AGE=60", 'max-age="60"', "public,max-age=60,  x-ext=1", 'max-age=60, x-ext="a, no-store, private"'],
+)
 def test_5_2_cache_control_parsing(client, origin, path, value):
     """Section 5.2 [directives are case-insensitive; recipients ought to accept the quoted form;
-    unknown extensions are ignored, section 5.2.3]."""
+    unknown extensions are ignored, section 5.2.3, including a quoted value holding commas and
+    directive names (RFC 9110 section 5.6.4)]."""
     b = again(client, origin, path, Reply(200, cc(value)))
     reused(origin, path, b)
 
@@ -1115,10 +1148,14 @@ def test_5_2_1_7_only_if_cached(client, origin, path):
 def test_4_3_stale_entry_validated_with_etag_and_freshened_by_304(client, origin, path):
     """Section 4.3.1 [MUST send If-None-Match with the stored ETag], 4.3.3 and 4.3.4 (a 304 freshens
     the stored response, which answers the request), 3.2 [MUST: header fields of the 304 replace
-    the stored ones, the stored content stays]."""
+    the stored ones, the others and the stored content stay]."""
     origin.script(
         path,
-        Reply(200, {"Cache-Control": "max-age=1", "ETag": '"v1"', "X-Version": "1"}, "version one"),
+        Reply(
+            200,
+            {"Cache-Control": "max-age=1", "ETag": '"v1"', "X-Version": "1", "X-Only-In-200": "kept"},
+            "version one",
+        ),
         Reply(
             200,
             {"Cache-Control": "max-age=60", "ETag": '"v1"', "X-Version": "2"},
@@ -1131,7 +1168,7 @@ def test_4_3_stale_entry_validated_with_etag_and_freshened_by_304(client, origin
     assert origin.count(path) == 2, saw(origin, path)
     assert origin.seen(path)[1].header("if-none-match") == '"v1"', saw(origin, path)
     assert b.status_code == 200 and b.content == b"version one", show(b) + " / " + saw(origin, path)
-    assert b.headers.get("x-version") == "2", show(b)
+    assert b.headers.get("x-version") == "2" and b.headers.get("x-only-in-200") == "kept", show(b)
     c = client.get(path)
     assert origin.count(path) == 2, f"freshened by the 304 (max-age=60): {saw(origin, path)} / {show(c)}"
     assert c.content == b"version one" and c.headers.get("x-version") == "2", show(c)
@@ -1248,6 +1285,41 @@ def test_4_3_2_validation_304_for_the_caches_tag_gives_the_client_a_200(client, 
     time.sleep(STALE_WAIT_S)
     r = client.get(path, headers={"If-None-Match": '"b"'})
     assert r.status_code == 200 and r.content == b"a body", show(r) + " / " + saw(origin, path)
+
+
+@granian
+def test_4_3_3_validation_answered_with_no_store_leaves_nothing_to_reuse(client, origin, path):
+    """Section 4.3.3 and 3 [MUST NOT store a no-store response; MUST NOT reuse stale without
+    validation]: after a validation answered by a full no-store 200, the next request goes upstream."""
+    origin.script(
+        path,
+        Reply(200, {"Cache-Control": "max-age=1", "ETag": '"n"'}, "one"),
+        Reply(200, cc("no-store"), "two", validate=False),
+        Reply(200, cc("no-store"), "three", validate=False),
+    )
+    client.get(path)
+    time.sleep(STALE_WAIT_S)
+    b = client.get(path)
+    c = client.get(path)
+    assert b.content == b"two" and c.content == b"three", show(b) + " / " + show(c)
+    assert origin.count(path) == 3, saw(origin, path)
+
+
+@granian
+def test_4_3_5_head_on_a_stale_entry_never_leaves_an_empty_get(client, origin, path):
+    """Section 4.3.5 and 3: a HEAD on a stale stored GET may be forwarded (and may freshen the
+    entry), but a later GET still gets content: a HEAD response has none to store."""
+    origin.script(
+        path, Reply(200, cc("max-age=1"), "one", validate=False), Reply(200, cc("max-age=60"), "two!", validate=False)
+    )
+    client.get(path)
+    time.sleep(STALE_WAIT_S)
+    h = client.head(path)
+    g = client.get(path)
+    assert h.status_code == 200 and h.content == b"", show(h)
+    assert g.status_code == 200 and g.content in (b"one", b"two!"), show(g) + " / " + saw(origin, path)
+    if g.content == b"one":
+        assert origin.seen(path)[-1].method == "HEAD", f"stale content served without validation: {saw(origin, path)}"
 
 
 # --- RFC 9111 section 4.3.2, RFC 9110 sections 13.1, 13.2, 15.4.5: client conditionals ---------
@@ -1460,6 +1532,7 @@ def test_rfc5861_3_stale_while_revalidate_serves_stale_and_refreshes_once(client
     got = at_once(gw, path, 5)
     for r, took in got:
         assert r.status_code == 200 and r.content == body_for(path, 1), show(r)
+        assert age(r) is not None and age(r) >= 1, f"a stale response from the cache has its Age: {show(r)}"
         assert took < 1.0, f"the stale response waited {took:.2f} s for the refresh: {show(r)}"
     assert origin.wait_for(path, 2, timeout=5.0, answered=True), saw(origin, path)
     time.sleep(0.3)
@@ -1494,6 +1567,7 @@ def test_rfc5861_4_stale_if_error_serves_stale_on_error(client, origin, path):
             )
         else:
             checks.check(r.status_code == 200 and r.content == b"good body", f"{name}: {show(r)} / {saw(origin, p)}")
+            checks.check(age(r) is not None and age(r) >= 1, f"{name}: a stale response has its Age: {show(r)}")
         checks.check(origin.count(p) == 2, f"{name}: the cache tried the origin: {saw(origin, p)}")
     checks.done()
 
