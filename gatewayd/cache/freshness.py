@@ -116,7 +116,7 @@ def judge(entry, rules: RequestRules, now: float) -> int:
         return VALIDATE
     if rules.max_stale is not None and -left <= rules.max_stale:
         return STALE_OK
-    if -left <= entry.swr:
+    if entry.swr > 0 and -left <= entry.swr:
         return REVALIDATE_LATER
     return VALIDATE
 
@@ -125,7 +125,7 @@ def may_serve_on_error(entry, now: float) -> bool:
     """Whether `entry` may answer in place of an origin that failed (stale-if-error, RFC 5861 section 4)."""
     if entry.must_revalidate or entry.no_cache:
         return False
-    return now - entry.stale_at <= entry.sie
+    return entry.sie > 0 and now - entry.stale_at <= entry.sie
 
 
 def current_age(entry, now: float) -> int:
