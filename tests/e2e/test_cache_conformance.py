@@ -1649,12 +1649,36 @@ def test_rfc9211_upstream_cache_status_is_preserved(client, origin, path):
 
 
 @granian
-def test_rfc9211_post_is_not_a_hit(client, origin, path):
-    """RFC 9211 section 2.1/2.2: an unsafe method goes forward (fwd, e.g. method or bypass)."""
-    origin.script(path, Reply(200, cc("max-age=60")))
-    r = client.post(path, content=b"x")
+@pytest.mark.parametrize(
+    ("case", "reasons"),
+    [
+        ("post", {"method", "bypass"}),
+        ("vary-mismatch", {"vary-miss", "miss"}),
+        ("request-no-cache", {"request"}),
+        ("conditional-from-cache", None),
+    ],
+)
+def test_rfc9211_fwd_reasons_and_hits(client, origin, path, case, reasons):
+    """RFC 9211 section 2.2 (the fwd values: method for an unsafe method, vary-miss when a stored
+    response for the URI does not match, request when request directives forbid a fresh stored
+    response) and 2.1 (a 304 the cache makes from a stored response is a hit)."""
+    origin.script(path, Reply(200, {"Cache-Control": "max-age=60", "Vary": "X-Lang", "ETag": '"f"'}))
+    client.get(path, headers={"X-Lang": "en"})
+    if case == "post":
+        r = client.post(path, content=b"x")
+    elif case == "vary-mismatch":
+        r = client.get(path, headers={"X-Lang": "fr"})
+    elif case == "request-no-cache":
+        r = client.get(path, headers={"X-Lang": "en", "Cache-Control": "no-cache"})
+    else:
+        r = client.get(path, headers={"X-Lang": "en", "If-None-Match": '"f"'})
+        assert r.status_code == 304, show(r)
     status = ours(r)
-    assert status is None or ("hit" not in status and status.get("fwd") in FWD_REASONS), show(r)
+    assert status is not None, show(r)
+    if reasons is None:
+        assert status.get("hit") is True and "fwd" not in status, show(r)
+    else:
+        assert "hit" not in status and status.get("fwd") in reasons, show(r)
 
 
 @granian
@@ -1670,3 +1694,59 @@ def test_rfc9211_stale_served_while_revalidating_is_a_hit(client, origin, path):
     assert status is not None and status.get("hit") is True and "fwd" not in status, show(r)
     assert status.get("ttl", 0) <= 0, show(r)
     origin.wait_for(path, 2, timeout=5.0, answered=True)
+
+
+# --- the same rules with two workers (an L1 per worker, a shared L2) ----------------------------
+
+
+@pytest.fixture(scope="module")
+def gw2(gatewayd_module, origin):
+    """A gateway with two workers: each connection lands on either (SO_REUSEPORT)."""
+    return gatewayd_module(CONFIG.format(origin=origin.url).replace("workers: 1", "workers: 2"))
+
+
+def on_new_connections(gw, p: str, n: int, method: str = "GET") -> list[httpx.Response]:
+    """`n` requests one after another, each on a connection of its own (so spread over workers)."""
+    out = []
+    for _ in range(n):
+        with httpx.Client(base_url=gw.url, timeout=10.0) as c:
+            out.append(c.request(method, p))
+    return out
+
+
+@granian
+def test_workers_4_4_invalidation_reaches_every_worker(gw2, origin, path):
+    """Section 4.4 [MUST invalidate] for the gateway as a whole: after a POST answered 2xx, no
+    worker serves the stored response again."""
+    origin.script(path, Reply(200, cc("max-age=60")))
+    before = on_new_connections(gw2, path, 6)
+    assert all(r.content == body_for(path, 1) for r in before), [show(r) for r in before]
+    on_new_connections(gw2, path, 1, "POST")
+    after = on_new_connections(gw2, path, 8)
+    served_invalidated = [show(r) for r in after if r.content == body_for(path, 1)]
+    assert not served_invalidated, served_invalidated + [saw(origin, path)]
+
+
+@granian
+def test_workers_4_2_3_age_and_freshening_are_shared(gw2, origin, path):
+    """Section 4.2.3 and 4 [MUST: Age is the current age] and 4.3.4 for the gateway as a whole: a hit
+    from either worker counts the age from when the origin answered, and once one worker has
+    validated a stale entry (304 with new fields), no worker serves the old stale one."""
+    aged, validated = f"{path}/aged", f"{path}/validated"
+    origin.script(aged, Reply(200, cc("max-age=60")))
+    origin.script(
+        validated,
+        Reply(200, {"Cache-Control": "max-age=1", "ETag": '"w1"', "X-Version": "1"}),
+        Reply(200, {"Cache-Control": "max-age=60", "ETag": '"w1"', "X-Version": "2"}),
+    )
+    on_new_connections(gw2, aged, 1), on_new_connections(gw2, validated, 4)
+    time.sleep(STALE_WAIT_S)
+    checks = Checks()
+    for r in on_new_connections(gw2, aged, 6):
+        checks.check(r.content == body_for(aged, 1) and age(r) is not None and age(r) >= 1, f"aged: {show(r)}")
+    for r in on_new_connections(gw2, validated, 8):
+        checks.check(r.headers.get("x-version") == "2", f"validated: {show(r)} / {saw(origin, validated)}")
+    checks.check(
+        origin.count(aged) == 1, f"one origin request for the workers together (issue 9: L2): {saw(origin, aged)}"
+    )
+    checks.done()
