@@ -598,6 +598,18 @@ def test_4_cache_key_includes_the_query(client, origin, path):
     assert origin.count(p1) == 1 and origin.count(p2) == 1, saw(origin, p1) + saw(origin, p2)
 
 
+@granian
+def test_4_cache_key_keeps_the_query_as_sent(client, origin, path):
+    """Section 4 [MUST: the target URI matches]: reordered parameters make another URI (RFC 3986
+    section 6.2.3 and RFC 9110 section 4.2.3 license no such normalisation for http)."""
+    targets = [f"{path}?a=1&b=2", f"{path}?b=2&a=1", f"{path}?a=1", path]
+    for t in targets:
+        origin.script(t, Reply(200, cc("max-age=60")))
+    got = [client.get(t) for t in targets]
+    for t, r in zip(targets, got):
+        assert r.content == body_for(t, 1) and origin.count(t) == 1, f"{t}: {show(r)} / {saw(origin, t)}"
+
+
 @both_engines
 def test_4_head_is_answered_from_a_stored_get(client, origin, path):
     """Section 4 (a stored GET response satisfies HEAD) and RFC 9110 section 9.3.2: HEAD gets the
@@ -630,6 +642,18 @@ def test_4_collapsed_misses_send_one_request(client, gw, origin, path):
     got = [r for r, _ in at_once(gw, path, 10)]
     assert all(r.status_code == 200 and r.content == body_for(path, 1) for r in got), [show(r) for r in got]
     assert origin.count(path) == 1, saw(origin, path)
+
+
+@granian
+def test_3_5_collapsed_requests_do_not_share_an_authorized_response(client, gw, origin, path):
+    """Section 3.5 [MUST NOT use a response to a request with Authorization for other requests] and
+    4, also when requests are collapsed: requests without Authorization arriving while one with
+    it is in flight get their own response."""
+    origin.script(path, Reply(200, cc("max-age=60"), lambda seen: f"auth={seen.header('authorization')}", delay=0.6))
+    got = at_once(gw, path, 4, headers=lambda i: {"Authorization": "Bearer alice"} if i == 0 else None)
+    assert got[0][0].content == b"auth=Bearer alice", show(got[0][0])
+    for r, _ in got[1:]:
+        assert r.content == b"auth=None", show(r) + " / " + saw(origin, path)
 
 
 @granian
@@ -1015,6 +1039,26 @@ def test_5_2_2_2_must_revalidate_gives_504_when_the_origin_is_down(client, origi
         r = client.get(p)
         checks.check(r.content != b"stored body", f"{name}: stale served: {show(r)}")
         checks.check(r.status_code == 504, f"{name}: 504 expected: {show(r)} / {saw(origin, p)}")
+    checks.done()
+
+
+@granian
+def test_4_2_4_no_stale_when_prohibited_and_validation_fails(client, origin, path):
+    """Section 4.2.4 [MUST NOT generate a stale response when a no-cache or must-revalidate directive
+    prohibits it] and 5.2.2.2 [MUST NOT reuse without successful validation]: must-revalidate with
+    the origin answering 500 passes an error on; no-cache (fresh by max-age) with the origin down
+    is not answered from the stored response either."""
+    mr, nc = f"{path}/must-revalidate-500", f"{path}/no-cache-down"
+    origin.script(mr, Reply(200, cc("max-age=1, must-revalidate"), "stored body"), Reply(500, cc("no-store"), "error"))
+    origin.script(
+        nc, Reply(200, {"Cache-Control": "no-cache, max-age=60", "ETag": '"nc"'}, "stored body"), Reply(drop=True)
+    )
+    client.get(mr), client.get(nc)
+    time.sleep(STALE_WAIT_S)
+    checks = Checks()
+    for p in (mr, nc):
+        r = client.get(p)
+        checks.check(r.content != b"stored body" and r.status_code >= 500, f"{p}: {show(r)} / {saw(origin, p)}")
     checks.done()
 
 
