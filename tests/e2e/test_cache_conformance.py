@@ -403,6 +403,8 @@ def test_4_2_2_heuristically_cacheable_status_with_last_modified_is_reused(clien
     assert a.status_code == status and b.status_code == status, show(b)
     assert b.content == a.content, show(b)
     assert origin.count(path) == 1, saw(origin, path) + " / " + show(b)
+    if status == 204:
+        assert "content-length" not in b.headers, f"RFC 9110 8.6 [MUST NOT send Content-Length in a 204]: {show(b)}"
 
 
 @granian
@@ -620,6 +622,7 @@ def test_4_head_is_answered_from_a_stored_get(client, origin, path):
     assert h.status_code == 200 and h.content == b"", show(h)
     assert h.headers.get("etag") == '"h1"' and h.headers.get("x-tag") == "t", show(h)
     assert origin.count(path) == 1, saw(origin, path) + " / " + show(h)
+    assert h.headers.get("content-length") in (None, "10"), f"RFC 9110 8.6 [MUST NOT unless GET's length]: {show(h)}"
 
 
 @granian
@@ -1382,6 +1385,7 @@ def test_4_3_2_if_none_match_answered_304_from_the_cache(client, origin, path):
     assert origin.count(path) == 1, saw(origin, path)
     for name in ("etag", "date", "cache-control", "expires", "vary", "content-location"):
         assert r.headers.get(name), f"304 lacks {name}: {show(r)}"
+    assert r.headers.get("content-length") in (None, "7"), f"RFC 9110 8.6 [MUST NOT unless the 200's length]: {show(r)}"
 
 
 @granian
@@ -1454,6 +1458,16 @@ def test_rfc9110_14_range_request_on_a_stored_response(client, origin, path):
         assert r.content == b"234" and r.headers.get("content-range") == "bytes 2-4/10", show(r)
     else:
         assert r.status_code == 200 and r.content == b"0123456789", show(r)
+
+
+@granian
+def test_rfc9110_13_1_5_if_range_not_matching_gets_the_whole(client, origin, path):
+    """RFC 9110 section 13.1.5 [MUST ignore Range when If-Range does not match]: a Range request
+    whose If-Range names another entity tag gets the whole stored response as a 200."""
+    origin.script(path, Reply(200, {"Cache-Control": "max-age=60", "ETag": '"g"'}, "0123456789", validate=False))
+    client.get(path)
+    r = client.get(path, headers={"Range": "bytes=2-4", "If-Range": '"other"'})
+    assert r.status_code == 200 and r.content == b"0123456789", show(r)
 
 
 # --- RFC 9111 section 4.4: invalidation -------------------------------------------------------
@@ -1605,26 +1619,44 @@ def test_rfc5861_4_stale_if_error_serves_stale_on_error(client, origin, path):
 
 
 @granian
-def test_rfc5861_3_and_4_windows_elapsed(client, origin, path):
-    """RFC 5861 sections 3 and 4 (the value is the upper limit of staleness) and RFC 9111 4.2.4
-    [MUST NOT serve stale beyond it]: past stale-while-revalidate the request waits for the origin;
-    past stale-if-error the origin's error is passed on."""
-    swr, sie = f"{path}/swr", f"{path}/sie"
-    origin.script(swr, Reply(200, cc("max-age=1, stale-while-revalidate=1")), Reply(200, cc("max-age=60"), delay=0.3))
-    origin.script(
-        sie, Reply(200, cc("max-age=1, stale-if-error=1"), "good body"), Reply(500, cc("no-store"), "origin error")
-    )
-    client.get(swr), client.get(sie)
+def test_rfc5861_3_request_no_cache_is_not_answered_stale(client, origin, path):
+    """RFC 9111 5.2.1.4 (the client prefers a validated response) over RFC 5861 section 3: a stale
+    entry within its stale-while-revalidate window is not served to a request with no-cache; the
+    request waits for the origin."""
+    first, refreshed = Reply(200, cc("max-age=1, stale-while-revalidate=30")), Reply(200, cc("max-age=60"), delay=0.3)
+    b = again(client, origin, path, first, refreshed, wait=STALE_WAIT_S, headers=cc("no-cache"))
+    assert b.content == body_for(path, 2) and origin.count(path) == 2, show(b) + " / " + saw(origin, path)
+
+
+@granian
+def test_rfc5861_3_and_4_windows_count_from_expiry(client, origin, path):
+    """RFC 5861 sections 3 and 4 (the value is the upper limit of staleness, the time since the
+    response became stale) and RFC 9111 4.2.4 [MUST NOT serve stale beyond it]. 2.2 s after a
+    max-age=1 response: with a window of 1 s, stale-while-revalidate no longer applies (the request
+    waits for the origin) nor stale-if-error (the origin's error is passed on); with a window of
+    2 s both still apply (1.2 s stale), though the response is 2.2 s old (older than the window)."""
+    cases = {
+        "swr-2": (cc("max-age=1, stale-while-revalidate=2"), Reply(200, cc("max-age=60"), delay=0.3), True),
+        "sie-2": (cc("max-age=1, stale-if-error=2"), Reply(500, cc("no-store"), "origin error"), True),
+        "swr-1": (cc("max-age=1, stale-while-revalidate=1"), Reply(200, cc("max-age=60"), delay=0.3), False),
+        "sie-1": (cc("max-age=1, stale-if-error=1"), Reply(500, cc("no-store"), "origin error"), False),
+    }
+    for name, (first, then, _) in cases.items():
+        # a Date up to 1 s ahead: apparent_age is 0, so the age is the time since the response came
+        origin.script(f"{path}/{name}", Reply(200, first, "first body", date=time.time() + 0.999), then)
+        client.get(f"{path}/{name}")
     time.sleep(2.2)
-    a, b = client.get(swr), client.get(sie)
     checks = Checks()
-    checks.check(
-        a.content == body_for(swr, 2) and origin.count(swr) == 2,
-        f"stale-while-revalidate=1: {show(a)} / {saw(origin, swr)}",
-    )
-    checks.check(
-        b.status_code == 500 and b.content == b"origin error", f"stale-if-error=1: {show(b)} / {saw(origin, sie)}"
-    )
+    for name, (_, then, stale_ok) in cases.items():
+        p = f"{path}/{name}"
+        r = client.get(p)
+        expected = b"first body" if stale_ok else (then.body.encode() if then.body else body_for(p, 2))
+        checks.check(
+            r.content == expected,
+            f"{name}: {'stale' if stale_ok else 'no stale'} expected: {show(r)} / {saw(origin, p)}",
+        )
+    for name in ("swr-2",):
+        origin.wait_for(f"{path}/{name}", 2, timeout=3.0, answered=True)
     checks.done()
 
 
