@@ -223,7 +223,7 @@ def entry_of(size: int, url: bytes = b"/x") -> Entry:
     return stored(cache_control="max-age=60").replace(body=b"x" * size, url=url)
 
 
-def test_l1_evicts_least_recently_used_within_its_bytes():
+def test_l1_evicts_an_unvisited_node_first_within_its_bytes():
     l1 = L1(max_bytes=8 * 2000)
     for i in range(8):
         l1.put(b"k%d" % i, b"ns", entry_of(1500, b"/%d" % i), ())
