@@ -69,14 +69,14 @@ class Seen(rawhttp.Seen):
 @dataclass
 class Reply:
     """What the origin answers. `headers` as a mapping or (name, value) pairs (repeat a name for
-    several field lines). `body` None gives a body naming the target and the request's number at
+    several field lines), or a callable that gets the `Seen` request and returns them. `body` None gives a body naming the target and the request's number at
     this target (so a test tells which reply a client got); a callable gets the `Seen` request.
     `date` False sends no Date (unless `headers` has one); a number is the Unix time to send.
     `delay` seconds before the reply is sent. `drop` closes the connection without answering;
     `truncate` sends the header section and half the content, then closes the connection."""
 
     status: int = 200
-    headers: dict[str, str] | Iterable[tuple[str, str]] = ()
+    headers: dict[str, str] | Iterable[tuple[str, str]] | Callable[[Seen], object] = ()
     body: bytes | str | Callable[[Seen], bytes | str] | None = None
     delay: float = 0.0
     date: bool | float = True
@@ -85,8 +85,9 @@ class Reply:
     validate: bool = True
     truncate: bool = False
 
-    def header_list(self) -> list[tuple[str, str]]:
-        items = self.headers.items() if isinstance(self.headers, dict) else self.headers
+    def header_list(self, seen: Seen) -> list[tuple[str, str]]:
+        items = self.headers(seen) if callable(self.headers) else self.headers
+        items = items.items() if isinstance(items, dict) else items
         return [(str(n), str(v)) for n, v in items]
 
 
@@ -110,7 +111,7 @@ def _not_modified(reply: Reply, seen: Seen) -> bool:
     """RFC 9110 section 13.2.2: If-None-Match first, else If-Modified-Since (GET and HEAD only)."""
     if not reply.validate or reply.status != 200 or seen.method not in ("GET", "HEAD"):
         return False
-    headers = {n.lower(): v for n, v in reply.header_list()}
+    headers = {n.lower(): v for n, v in reply.header_list(seen)}
     inm = seen.header("if-none-match")
     if inm is not None:
         etag = headers.get("etag")
@@ -249,7 +250,7 @@ class Origin:
     @staticmethod
     def _render(reply: Reply, seen: Seen, number: int) -> bytes:
         status = reply.status
-        fields = reply.header_list()
+        fields = reply.header_list(seen)
         names = {n.lower() for n, _ in fields}
         if _not_modified(reply, seen):
             status = 304

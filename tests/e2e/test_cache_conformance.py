@@ -754,6 +754,28 @@ def test_4_collapsed_requests_forwarded_when_the_response_cannot_be_reused(clien
     assert len({r.content for r in got}) == 4, [show(r) for r in got]
 
 
+@granian
+def test_4_collapsed_requests_survive_the_first_client_leaving(gw, origin, path):
+    """Section 4 (collapsed requests; gatewayd's issue: waiters get the same response): the client
+    whose request went upstream gives up before the origin answers; the requests collapsed onto it
+    still get the response."""
+    origin.script(path, Reply(200, cc("max-age=60"), "the body", delay=1.0))
+
+    def impatient() -> None:
+        with httpx.Client(base_url=gw.url, timeout=0.3) as c:
+            try:
+                c.get(path)
+            except httpx.TimeoutException:
+                pass
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        first = pool.submit(impatient)
+        assert origin.wait_for(path, 1, timeout=5.0), saw(origin, path)
+        got = at_once(gw, path, 3)
+        first.result(timeout=10)
+    assert all(r.status_code == 200 and r.content == b"the body" for r, _ in got), [show(r) for r, _ in got]
+
+
 # --- RFC 9111 section 4.1: Vary ---------------------------------------------------------------
 
 
@@ -1411,6 +1433,27 @@ def test_4_3_5_head_on_a_stale_entry_never_leaves_an_empty_get(client, origin, p
         assert origin.seen(path)[-1].method == "HEAD", f"stale content served without validation: {saw(origin, path)}"
 
 
+@after_expiry("granian")
+def test_4_3_validation_of_one_variant_serves_that_variant(client, origin, path):
+    """Sections 4.1, 4.3.1 and 4.3.4 [MUST NOT reuse across a Vary mismatch]: two stale variants
+    (Vary: X-Lang, an entity tag each); validating one (304 naming its tag) serves that one, and
+    the other variant's request gets its own."""
+    origin.script(
+        path,
+        Reply(
+            200,
+            lambda seen: {"Cache-Control": "max-age=1", "Vary": "X-Lang", "ETag": f'"{seen.header("x-lang")}"'},
+            lang_body,
+        ),
+    )
+    client.get(path, headers={"X-Lang": "en"}), client.get(path, headers={"X-Lang": "fr"})
+    yield  # the stored responses expire
+    fr = client.get(path, headers={"X-Lang": "fr"})
+    en = client.get(path, headers={"X-Lang": "en"})
+    assert fr.content == b"lang=fr" and fr.headers.get("etag") == '"fr"', show(fr) + " / " + saw(origin, path)
+    assert en.content == b"lang=en" and en.headers.get("etag") == '"en"', show(en) + " / " + saw(origin, path)
+
+
 # --- RFC 9111 section 4.3.2, RFC 9110 sections 13.1, 13.2, 15.4.5: client conditionals ---------
 
 
@@ -1587,12 +1630,13 @@ def test_4_4_error_response_does_not_invalidate(client, origin, path, status):
 
 
 @granian
-@pytest.mark.parametrize("field", ["Location", "Content-Location"])
-def test_4_4_location_of_the_same_origin_invalidated(client, origin, path, field):
-    """Section 4.4 [MAY; gatewayd's issue]: Location and Content-Location of the same origin."""
+@pytest.mark.parametrize(("field", "absolute"), [("Location", False), ("Content-Location", False), ("Location", True)])
+def test_4_4_location_of_the_same_origin_invalidated(client, gw, origin, path, field, absolute):
+    """Section 4.4 [MAY; gatewayd's issue]: Location and Content-Location of the same origin, as a
+    path or as an absolute URI naming the gateway's authority (the origin of the target URI)."""
     target = f"{path}/item"
     stored(client, origin, target)
-    origin.script(path, Reply(201, {field: target}))
+    origin.script(path, Reply(201, {field: f"{gw.url}{target}" if absolute else target}))
     client.post(path, content=b"x")
     b = client.get(target)
     assert origin.count(target) == 2, saw(origin, target) + " / " + show(b)
