@@ -505,6 +505,35 @@ def test_3_1_connection_named_and_hop_by_hop_fields_are_not_stored(client, origi
         assert r.headers.get("x-unknown-kept") == "yes", show(r)
 
 
+@both_engines
+def test_3_1_a_stored_chunked_response_served_over_http2(gw, origin, path):
+    """Section 3.1 (Transfer-Encoding and the fields Connection names are not stored) seen over
+    HTTP/2, where RFC 9113 section 8.2.2 forbids connection-specific fields: a response stored from
+    a chunked HTTP/1.1 answer is a well-formed HTTP/2 response (prior knowledge, cleartext)."""
+    origin.script(
+        path,
+        Reply(
+            200, [("Cache-Control", "max-age=60"), ("Connection", "X-Hop-C"), ("X-Hop-C", "1")], "over h2", chunked=True
+        ),
+    )
+    with httpx.Client(base_url=gw.url, timeout=10.0, http1=False, http2=True) as h2:
+        got = [h2.get(path) for _ in range(2)]
+    for r in got:
+        assert r.http_version == "HTTP/2" and r.status_code == 200 and r.content == b"over h2", show(r)
+        assert not {"transfer-encoding", "connection", "x-hop-c", "keep-alive"} & set(r.headers), show(r)
+    assert origin.count(path) == 1, saw(origin, path)
+
+
+@both_engines
+def test_rfc9110_8_6_a_stored_204_has_no_content_length(client, origin, path):
+    """RFC 9110 section 8.6 [MUST NOT send Content-Length in a 204] and 15.3.5: a 204 with max-age
+    served from the cache has no content and no Content-Length."""
+    origin.script(path, Reply(204, cc("max-age=60")))
+    for r in (client.get(path), client.get(path)):
+        assert r.status_code == 204 and r.content == b"" and "content-length" not in r.headers, show(r)
+    assert origin.count(path) == 1, saw(origin, path)
+
+
 @granian
 def test_3_a_304_to_a_client_conditional_is_not_stored_as_the_response(client, origin, path):
     """Section 4.3.2 [MUST NOT evaluate preconditions when nothing is stored] and section 3: a
@@ -1055,11 +1084,23 @@ def test_5_2_cache_control_in_several_field_lines(client, origin, path):
 
 
 @granian
-@pytest.mark.parametrize("value", ["max-age=abc", "max-age=-1", "max-age=6O"])
-def test_4_2_1_invalid_max_age_is_stale(client, origin, path, value):
-    """Section 4.2.1 ("caches are encouraged to consider responses that have invalid freshness
-    information to be stale"): max-age not a delta-seconds (section 1.2.2)."""
-    b = again(client, origin, path, Reply(200, cc(value)))
+@pytest.mark.parametrize(
+    "fields",
+    [
+        [("Cache-Control", "max-age=abc")],
+        [("Cache-Control", "max-age=-1")],
+        [("Cache-Control", "max-age=6O")],
+        [("Cache-Control", "max-age=0, max-age=60")],
+        [("Expires", "0"), ("Expires", "Thu, 01 Jan 2099 00:00:00 GMT")],
+    ],
+    ids=["not-a-number", "negative", "letter-O", "first-of-two-max-age-is-0", "first-of-two-expires-is-invalid"],
+)
+def test_4_2_1_invalid_or_repeated_freshness_is_stale(client, origin, path, fields):
+    """Section 4.2.1 [SHOULD]: "caches are encouraged to consider responses that have invalid
+    freshness information to be stale" (max-age not a delta-seconds, section 1.2.2), and with a
+    directive or Expires given twice "either the first occurrence should be used or the response
+    should be considered stale": here both ways it is stale."""
+    b = again(client, origin, path, Reply(200, fields))
     assert origin.count(path) == 2, saw(origin, path) + " / " + show(b)
 
 
