@@ -19,7 +19,7 @@ async def _no_body():
 class Capture:
     __slots__ = (
         "scope", "receive", "request_id", "consumer", "client", "admit", "max_object", "cache_status",
-        "status", "headers", "dated", "chunks", "size", "passing", "done", "failure", "started",
+        "status", "headers", "dated", "chunks", "size", "passing", "done", "failure", "started", "head",
         "upstream", "upstream_ns", "upstream_error", "trace_id", "span_id", "sent", "extra", "stages",
     )  # fmt: skip
 
@@ -28,6 +28,7 @@ class Capture:
         `admit(status, headers)`: whether to keep the response (see serve.py)."""
         self.scope = scope
         self.client = client
+        self.head = client is not None and client.scope["method"] == "HEAD"  # fetched as a GET: no body for it
         self.receive = client.receive if client is not None else _no_body
         self.request_id = request_id
         self.consumer = consumer
@@ -61,9 +62,10 @@ class Capture:
             return
         headers = [*self.headers, (b"cache-status", self.cache_status)]
         await client.start(self.status, headers, self.dated)
-        for chunk in self.chunks:
-            await client.send({"type": "http.response.body", "body": chunk, "more_body": True})
-        client.sent = self.size
+        if not self.head:
+            for chunk in self.chunks:
+                await client.send({"type": "http.response.body", "body": chunk, "more_body": True})
+            client.sent = self.size
         self.chunks = []
 
     async def send(self, message) -> None:
@@ -71,8 +73,12 @@ class Capture:
         more = message.get("more_body", False)
         if self.passing:
             if self.client is not None:
-                self.client.sent += len(body)
-                await self.client.send(message)
+                if self.head:
+                    if not more:
+                        await self.client.send({"type": "http.response.body", "body": b"", "more_body": False})
+                else:
+                    self.client.sent += len(body)
+                    await self.client.send(message)
         else:
             if body:
                 self.chunks.append(body)

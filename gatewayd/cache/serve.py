@@ -33,7 +33,11 @@ SAFE = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 # request fields the origin must not see on a fetch the cache makes: the client's validators are
 # the cache's to answer, and the cache sends its own
 _CONDITIONALS = frozenset({b"if-none-match", b"if-modified-since", b"range", b"if-range"})
-_BODY_END = {"type": "http.response.body", "body": b"", "more_body": False}
+# reasons (admission.py) for which a URL's response cannot be shared, whoever asks: misses of it are
+# not coalesced for PASS_FOR seconds (one request at a time would queue behind each other's fetch)
+_NOT_SHAREABLE = frozenset({"no-store", "private", "set-cookie", "vary-star", "no-freshness", "status", "not-understood"})
+PASS_FOR = 10.0
+ELSEWHERE_POLL = 0.005  # seconds between looks into the shared tier for another worker's fetch
 
 
 def _status(detail: str) -> bytes:
@@ -55,6 +59,10 @@ def compile_cached(action, tiers, ns: bytes, rules: Rules, beta: float | None, p
     `key_fields`: request fields in the key; `counter(result)`: counts an answer by its kind."""
     l1 = tiers.l1
     flights = tiers.flights
+    passes = tiers.passes
+
+    def url_for(path: str, query: bytes) -> bytes:
+        return url_of(path, query if pick_query is None else pick_query(query))
 
     async def cached(ex) -> None:
         scope = ex.scope
@@ -66,8 +74,7 @@ def compile_cached(action, tiers, ns: bytes, rules: Rules, beta: float | None, p
             counter("bypass")
             ex.add_headers(((b"cache-status", FWD_BYPASS + b"; detail=range"),))
             return await action(ex)
-        query = scope["query_string"]
-        url = url_of(scope["path"], query if pick_query is None else pick_query(query))
+        url = url_for(scope["path"], scope["query_string"])
         key = b"%s\x00%s\x00%s" % (ns, view.host or b"", url)
         if view.fields:
             key += b"\x00" + b"\x00".join(view.fields.get(f, b"") for f in key_fields)
@@ -89,8 +96,9 @@ def compile_cached(action, tiers, ns: bytes, rules: Rules, beta: float | None, p
                 _refresh(key, scope, entry, consumer, ex.request_id)
                 counter("stale")
                 return await _serve(ex, entry, view, now, b"%s; ttl=%d; detail=stale-while-revalidate" % (HIT, entry.stale_at - now))
-            return await _fetch(ex, key, url, view, entry, FWD_REQUEST if view.rules.no_cache else FWD_STALE)
-        if view.rules.only_if_cached:
+            if not view.rules.only_if_cached:
+                return await _fetch(ex, key, url, view, entry, FWD_REQUEST if view.rules.no_cache else FWD_STALE)
+        if view.rules.only_if_cached:  # RFC 9111 section 5.2.1.7: never the origin
             counter("miss")
             ex.add_headers(((b"cache-status", FWD_MISS + b"; detail=only-if-cached"),))
             return await ex.error(504, "not_cached", "only-if-cached: no stored response can answer this request")
@@ -106,12 +114,7 @@ def compile_cached(action, tiers, ns: bytes, rules: Rules, beta: float | None, p
                 return entry
         if tiers.l2 is None:
             return None
-
-        def candidates(vary):
-            selected = selection(headers, vary)
-            return [(selected, consumer), (selected, None)] if consumer is not None else [(selected, None)]
-
-        found = tiers.l2.lookup(key, url, candidates)
+        found = tiers.l2.lookup(key, url, _candidates(headers, consumer))
         if found is None:
             return None
         selected, entry = found
@@ -158,13 +161,13 @@ def compile_cached(action, tiers, ns: bytes, rules: Rules, beta: float | None, p
             ex.send = send
         if seen and seen[0]["status"] < 400:
             scope = ex.scope
-            urls = {url_of(scope["path"], scope["query_string"])}
+            urls = {url_for(scope["path"], scope["query_string"])}
             host = next((v for n, v in scope["headers"] if n == b"host"), b"").lower()
             for name, value in seen[0]["headers"]:
                 if name.lower() in (b"location", b"content-location"):
                     same = _same_origin(value, host)
                     if same is not None:
-                        urls.add(same)
+                        urls.add(url_for(*same))
             for url in urls:
                 tiers.purge("url", url)
 
@@ -183,7 +186,10 @@ def compile_cached(action, tiers, ns: bytes, rules: Rules, beta: float | None, p
         flight_key = key if consumer is None else key + b"\x00" + consumer.encode()
         foreign_auth = view.authorization and consumer is None
         running = flights.get(flight_key)
-        if running is not None and view.rules is NO_RULES:
+        lead = not foreign_auth and running is None
+        if passes.get(key, 0.0) > time():
+            lead = False  # its last response could not be shared: nobody waits on a fetch of it
+        elif running is not None and view.rules is NO_RULES:
             try:
                 entry = await asyncio.wait_for(asyncio.shield(running), timeout)
             except TimeoutError:
@@ -195,21 +201,46 @@ def compile_cached(action, tiers, ns: bytes, rules: Rules, beta: float | None, p
             ):
                 counter("collapsed")
                 return await _serve(ex, entry, view, time(), cache_status + b"; collapsed")
-            running = None
-        future = flights.lead(flight_key) if running is None and not foreign_auth else None
+        future = flights.lead(flight_key) if lead else None
         entry = None
+        leased = False
         try:
+            if future is not None and stale is None and tiers.l2 is not None and view.rules is NO_RULES:
+                entry = await _fetched_elsewhere(key, url, ex.scope["headers"], consumer, flight_key)
+                if entry is not None:
+                    counter("collapsed")
+                    return await _serve(ex, entry, view, time(), cache_status + b"; collapsed")
+                leased = True
             entry = await _origin(ex, ex.scope, consumer, ex.request_id, key, url, view, stale, cache_status)
         finally:
+            if leased:
+                tiers.release(b"fetch", flight_key, timeout)
             if future is not None:
                 flights.land(flight_key, future, entry)
+
+    async def _fetched_elsewhere(key: bytes, url: bytes, headers, consumer, flight_key: bytes):
+        """When another worker of the host is fetching `key`, what it stored (polled in the shared
+        tier until it releases its lease, within the timeout); None, holding the lease, when this
+        worker is to fetch it."""
+        deadline = time() + timeout
+        candidates = _candidates(headers, consumer)
+        while not tiers.lease(b"fetch", flight_key, timeout):
+            await asyncio.sleep(ELSEWHERE_POLL)
+            found = tiers.l2.lookup(key, url, candidates)
+            if found is not None:
+                selected, entry = found
+                l1.put(key, ns, entry, selected)
+                return entry
+            if time() > deadline:
+                break
+        return None
 
     async def _origin(client, scope, consumer, request_id, key, url, view, stale, cache_status):
         """One fetch from the origin for the request `scope`, answering `client` (None: a background
         refresh). The entry stored, or None."""
         request_time = time()
         foreign_auth = view.authorization and consumer is None
-        kept = {}
+        kept = {}  # the entry admission made of the response
 
         def keep(status: int, headers) -> bool:
             if stale is not None:
@@ -222,9 +253,11 @@ def compile_cached(action, tiers, ns: bytes, rules: Rules, beta: float | None, p
                 request_time=request_time, response_time=time(), consumer=consumer, url=url,
             )  # fmt: skip
             if isinstance(result, str):
-                kept["reason"] = result
+                if result in _NOT_SHAREABLE:
+                    passes[key] = time() + PASS_FOR
                 return False
             kept["entry"] = result
+            passes.pop(key, None)
             return True
 
         cap = Capture(_upstream_scope(scope, stale), client, keep, rules.max_object, cache_status, consumer, request_id)
@@ -284,14 +317,14 @@ def compile_cached(action, tiers, ns: bytes, rules: Rules, beta: float | None, p
     async def _hand_on(client, cap: Capture) -> None:
         headers = [*cap.headers, (b"cache-status", cap.cache_status)]
         await client.start(cap.status, headers, cap.dated)
-        body = cap.body()
+        body = b"" if cap.head else cap.body()
         client.sent = len(body)
         await client.send({"type": "http.response.body", "body": body})
 
     def _refresh(key: bytes, scope, entry, consumer, request_id) -> None:
         """Refresh `entry` in the background, unless a refresh of it runs here or on another worker."""
         flight_key = key if consumer is None else key + b"\x00" + consumer.encode()
-        if flight_key in flights or not tiers.lease(key, max(0.05, min(timeout, entry.lifetime / 2 or 1.0))):
+        if flight_key in flights or not tiers.lease(b"refresh", flight_key, max(0.05, min(timeout, entry.lifetime / 2 or 1.0))):
             return
         future = flights.lead(flight_key)
 
@@ -312,8 +345,18 @@ def compile_cached(action, tiers, ns: bytes, rules: Rules, beta: float | None, p
     return cached
 
 
-def _same_origin(value: bytes, host: bytes) -> bytes | None:
-    """The path (and query) of a Location or Content-Location that names this origin, else None."""
+def _candidates(headers, consumer):
+    """For the shared tier's lookup: the variants a request may use, given the fields a URL varies on."""
+
+    def candidates(vary):
+        selected = selection(headers, vary)
+        return [(selected, consumer), (selected, None)] if consumer is not None else [(selected, None)]
+
+    return candidates
+
+
+def _same_origin(value: bytes, host: bytes) -> tuple[str, bytes] | None:
+    """The path and query of a Location or Content-Location that names this origin, else None."""
     try:
         parts = urlsplit(value.decode("latin-1"))
     except ValueError:
@@ -322,4 +365,4 @@ def _same_origin(value: bytes, host: bytes) -> bytes | None:
         return None
     if not parts.path.startswith("/"):
         return None
-    return url_of(parts.path, parts.query.encode("latin-1"))
+    return parts.path, parts.query.encode("latin-1")

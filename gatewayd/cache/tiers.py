@@ -10,6 +10,7 @@ which time every worker has applied it.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import marshal
 import os
@@ -20,6 +21,19 @@ from .l1 import L1
 from .l2 import L2
 
 log = logging.getLogger("gatewayd.cache")
+
+PASSES_MAX = 10_000
+
+
+class Passes(dict):
+    """Keys whose last response could not be stored, with when that stops mattering; bounded: when
+    full, the oldest half is forgotten."""
+
+    def __setitem__(self, key, until) -> None:
+        if len(self) >= PASSES_MAX and key not in self:
+            for old in list(self)[: PASSES_MAX // 2]:
+                del self[old]
+        super().__setitem__(key, until)
 
 PURGE_POLL = 0.02
 PURGE_SETTLE = 0.08
@@ -33,6 +47,7 @@ class Tiers:
         self.l2 = l2
         self.store = store  # the host store: purge records and refresh leases
         self.flights = Flights()
+        self.passes = Passes()  # keys whose last response could not be shared -> until when (wall clock)
         self._seen = b"%s%020d" % (_PURGES, time.time_ns())
         self._me = b"-%d" % os.getpid()
         self._poller: asyncio.Task | None = None
@@ -48,15 +63,23 @@ class Tiers:
         if self.l2 is not None:
             self.l2.close()
 
-    def lease(self, key: bytes, seconds: float) -> bool:
-        """Whether this worker may refresh `key` now: one worker of the host gets it per `seconds`
-        (a token bucket of one token in the host store, so that Redis can hold it for a cluster)."""
+    def lease(self, kind: bytes, key: bytes, seconds: float) -> bool:
+        """Whether this worker may fetch (`kind` b"fetch") or refresh (b"refresh") `key` now: one
+        worker of the host holds it at a time, for `seconds` at most or until `release`. A token
+        bucket of one token in the host store, so that Redis can hold it for a cluster."""
         if self.l2 is None:
             return True
         try:
-            return self.store.draw([(b"cache-lease/" + key[-60:], 1, 1.0 / seconds, 1.0)])[0][0] == 1
-        except Exception:  # a full or failing store must not stop the refresh
+            return self.store.draw([(_lease_key(kind, key), 1, 1.0 / seconds, 1.0)])[0][0] == 1
+        except Exception:  # a full or failing store must not stop the fetch
             return True
+
+    def release(self, kind: bytes, key: bytes, seconds: float) -> None:
+        if self.l2 is not None:
+            try:
+                self.store.draw([(_lease_key(kind, key), -1, 1.0 / seconds, 1.0)])
+            except Exception:
+                pass  # it comes back by itself after `seconds`
 
     # --- purges -------------------------------------------------------------------------------
 
@@ -95,3 +118,7 @@ class Tiers:
                 if not key.endswith(self._me):
                     kind, arg = marshal.loads(value)
                     self._purge_l1(kind, arg)
+
+
+def _lease_key(kind: bytes, key: bytes) -> bytes:
+    return b"cache-lease/%s/%s" % (kind, hashlib.blake2b(key, digest_size=16).digest())

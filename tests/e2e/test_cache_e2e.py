@@ -188,17 +188,17 @@ def test_a_hot_key_is_refreshed_early_once_per_expiry_and_never_misses(gw, origi
 
 
 def test_stale_while_revalidate_serves_at_once_and_refreshes_once(gw, origin):
-    path = "/swr?cc=max-age%3D1%2C%20stale-while-revalidate%3D30&delay=300"
+    """A stale answer within the window comes without waiting for the origin (which takes 300 ms and
+    would have given a new body), and one background request refreshes the entry."""
+    path = "/swr?cc=max-age%3D2%2C%20stale-while-revalidate%3D30&delay=300&nodate=1"
     first = fresh(gw, path)
-    time.sleep(1.2)
-    started = time.monotonic()
-    stale = [fresh(gw, path) for _ in range(3)]
-    took = time.monotonic() - started
-    assert all(r.text == first.text for r in stale) and took < 0.6, took
-    assert "stale-while-revalidate" in stale[0].headers["cache-status"]
-    time.sleep(0.6)
-    assert origin.asked[path] == 2
-    assert fresh(gw, path).text != first.text
+    time.sleep(2.1)
+    stale = fresh(gw, path)
+    assert stale.text == first.text and "stale-while-revalidate" in stale.headers["cache-status"]
+    deadline = time.monotonic() + 5
+    while (latest := fresh(gw, path)).text == first.text and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert latest.text != first.text and origin.asked[path] == 2
 
 
 def test_stale_if_error_when_the_origin_fails_or_is_down(gw, origin):
@@ -251,10 +251,17 @@ def test_an_unsafe_method_invalidates_the_url(gw, origin):
     assert fresh(gw, path).text != first.text and origin.asked[path] == 3
 
 
-def test_only_if_cached_without_a_stored_response_is_504(gw, origin):
-    r = fresh(gw, "/nothing-here", headers={"Cache-Control": "only-if-cached"})
+def test_only_if_cached_never_asks_the_origin(gw, origin):
+    only = {"Cache-Control": "only-if-cached"}
+    r = fresh(gw, "/nothing-here", headers=only)
     assert r.status_code == 504 and r.json()["error"] == "not_cached"
-    assert origin.asked["/nothing-here"] == 0
+    path = "/oic?cc=max-age%3D1&nodate=1"
+    first = fresh(gw, path)
+    time.sleep(1.2)
+    assert fresh(gw, path, headers=only).status_code == 504  # stale, and the origin may not be asked
+    stale = fresh(gw, path, headers={"Cache-Control": "only-if-cached, max-stale"})
+    assert stale.status_code == 200 and stale.text == first.text
+    assert origin.asked["/nothing-here"] == 0 and origin.asked[path] == 1
 
 
 def test_the_shared_tier_makes_one_workers_fetch_a_hit_for_the_other(two_workers, origin):
@@ -316,3 +323,37 @@ def test_a_reload_keeps_what_an_unchanged_policy_stored_and_drops_a_changed_ones
     assert fresh(gw, path).headers["cache-status"].startswith("gatewayd; hit") and origin.asked[path] == 1
     reload_to(config(origin, policy="{cache: {mode: standard, stale_if_error: 1m}}"))
     assert "fwd=" in fresh(gw, path).headers["cache-status"] and origin.asked[path] == 2
+
+
+def test_misses_of_a_response_that_cannot_be_shared_do_not_queue(gw, origin):
+    """After one `no-store` answer, concurrent misses of its URL go upstream side by side, not one at a time."""
+    path = "/pass?cc=no-store&delay=300"
+    assert fresh(gw, path).status_code == 200
+
+    async def many():
+        async with httpx.AsyncClient(base_url=gw.url, timeout=20) as client:
+            return await asyncio.gather(*(client.get(path) for _ in range(10)))
+
+    started = time.monotonic()
+    answers = asyncio.run(many())
+    assert [r.status_code for r in answers] == [200] * 10 and origin.asked[path] == 11
+    assert time.monotonic() - started < 2.5  # one at a time would take 3 s
+    assert origin.most_at_once[path] > 1
+
+
+def test_a_head_miss_of_a_response_that_is_not_stored_has_no_body(gw, origin):
+    r = httpx.head(gw.url + "/head-pass?cc=no-store")
+    assert r.status_code == 200 and r.content == b"" and int(r.headers["content-length"]) > 0
+
+
+def test_concurrent_misses_on_two_workers_send_one_upstream_request(two_workers, origin):
+    """The workers coalesce through the host store: one fetches, the other waits for the shared tier."""
+    path = "/coalesce-host?cc=max-age%3D60&delay=400"
+
+    async def many():  # 60 at once: 60 new connections, spread over both workers
+        async with httpx.AsyncClient(base_url=two_workers.url, timeout=20, limits=httpx.Limits(max_connections=60)) as client:
+            return await asyncio.gather(*(client.get(path) for _ in range(60)))
+
+    answers = asyncio.run(many())
+    assert [r.status_code for r in answers] == [200] * 60 and len({r.text for r in answers}) == 1
+    assert origin.asked[path] == 1
