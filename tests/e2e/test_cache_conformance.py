@@ -1495,6 +1495,45 @@ def test_4_3_validation_of_one_variant_serves_that_variant(client, origin, path)
     assert en.content == b"lang=en" and en.headers.get("etag") == '"en"', show(en) + " / " + saw(origin, path)
 
 
+@after_expiry("granian")
+def test_4_3_4_a_304_naming_another_strong_tag_updates_nothing(client, origin, path):
+    """Section 4.3.4 [MUST NOT use the new response to update any stored response when none has its
+    strong validator]: a stale entry tagged "a" validated by a 304 tagged "b" is not freshened, so
+    it is served neither now nor later (a new full response, or an error, is)."""
+    origin.script(
+        path,
+        Reply(200, {"Cache-Control": "max-age=1", "ETag": '"a"'}, "a body"),
+        Reply(304, {"Cache-Control": "max-age=600", "ETag": '"b"'}, validate=False),
+        Reply(200, {"Cache-Control": "max-age=600", "ETag": '"b"'}, "b body", validate=False),
+    )
+    client.get(path)
+    yield  # the stored responses expire
+    got = [client.get(path) for _ in range(2)]
+    assert all(r.content != b"a body" for r in got), "\n".join([show(r) for r in got] + [saw(origin, path)])
+
+
+@after_expiry("granian")
+def test_3_2_a_304_that_makes_the_entry_private_or_no_store_stops_reuse(client, origin, path):
+    """Sections 3.2 (the 304's Cache-Control replaces the stored one) and 3 [a shared cache MUST NOT
+    store private or no-store responses]: once a validation's 304 says private (or no-store), the
+    entry is not reused; the next request goes to the origin."""
+    for directive in ("private", "no-store"):
+        origin.script(
+            f"{path}/{directive}",
+            Reply(200, {"Cache-Control": "max-age=1", "ETag": '"p"'}, "p body"),
+            Reply(200, {"Cache-Control": f"{directive}, max-age=600", "ETag": '"p"'}, "p body"),
+        )
+        client.get(f"{path}/{directive}")
+    yield  # the stored responses expire
+    checks = Checks()
+    for directive in ("private", "no-store"):
+        p = f"{path}/{directive}"
+        a, b = client.get(p), client.get(p)
+        checks.check(a.content == b"p body" and b.content == b"p body", f"{directive}: {show(a)} then {show(b)}")
+        checks.check(origin.count(p) == 3, f"{directive}: not reused after the 304: {saw(origin, p)}")
+    checks.done()
+
+
 # --- RFC 9111 section 4.3.2, RFC 9110 sections 13.1, 13.2, 15.4.5: client conditionals ---------
 
 
