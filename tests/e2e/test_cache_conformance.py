@@ -554,8 +554,17 @@ def test_3_a_304_to_a_client_conditional_is_not_stored_as_the_response(client, o
         [("Cache-Control", "s-maxage=60, private")],
         [("Cache-Control", "public, max-age=60, no-store")],
         [("Cache-Control", "max-age=60"), ("Cache-Control", "no-store")],
+        [("Cache-Control", "max-age=60, PRIVATE")],
+        [("Cache-Control", "max-age=60, No-Store")],
     ],
-    ids=["private-in-a-second-line", "private-with-s-maxage", "no-store-with-public", "no-store-in-a-second-line"],
+    ids=[
+        "private-in-a-second-line",
+        "private-with-s-maxage",
+        "no-store-with-public",
+        "no-store-in-a-second-line",
+        "private-upper-case",
+        "no-store-mixed-case",
+    ],
 )
 def test_3_the_most_restrictive_directive_wins(client, origin, path, fields):
     """Section 3 [MUST NOT store] with section 4.2.1 ("the most restrictive directive should be
@@ -1216,9 +1225,11 @@ def test_5_2_2_4_no_cache_response_is_validated_every_time(client, origin, path)
 
 
 @granian
-def test_5_2_1_4_request_no_cache_is_forwarded(client, origin, path):
-    """Section 5.2.1.4: a request's no-cache: not answered from the cache without validation."""
-    b = again(client, origin, path, Reply(200, cc("max-age=60")), headers=cc("no-cache"))
+@pytest.mark.parametrize("value", ["no-cache", "NO-CACHE", 'x-ext="a, b", no-cache'])
+def test_5_2_1_4_request_no_cache_is_forwarded(client, origin, path, value):
+    """Section 5.2.1.4: a request's no-cache: not answered from the cache without validation
+    (directive names are case-insensitive; a quoted extension value may hold commas)."""
+    b = again(client, origin, path, Reply(200, cc("max-age=60")), headers=cc(value))
     forwarded(origin, path, b)
 
 
