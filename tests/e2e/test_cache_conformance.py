@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 from cache_origin import Origin, Reply, body_for, http_date
-from conftest import ENGINES
+from conftest import ENGINES, free_port
 
 CONFIG = """
 version: 1
@@ -713,6 +713,22 @@ def test_4_head_is_answered_from_a_stored_get(client, origin, path):
     assert h.headers.get("etag") == '"h1"' and h.headers.get("x-tag") == "t", show(h)
     assert origin.count(path) == 1, saw(origin, path) + " / " + show(h)
     assert h.headers.get("content-length") in (None, "10"), f"RFC 9110 8.6 [MUST NOT unless GET's length]: {show(h)}"
+    assert age(h) is not None, f"section 4 [MUST generate Age]: {show(h)}"
+
+
+@granian
+def test_4_a_get_collapsed_onto_a_head_gets_content(gw, origin, path):
+    """Sections 3 and 4: a GET arriving while a HEAD for the same URI is in flight is not answered
+    with the HEAD's (empty) response."""
+    origin.script(path, Reply(200, cc("max-age=60"), "the content", delay=0.5))
+    with ThreadPoolExecutor(max_workers=2) as pool, httpx.Client(base_url=gw.url, timeout=10.0) as c1:
+        head = pool.submit(c1.head, path)
+        assert origin.wait_for(path, 1, timeout=5.0), saw(origin, path)
+        with httpx.Client(base_url=gw.url, timeout=10.0) as c2:
+            g = c2.get(path)
+        h = head.result(timeout=10)
+    assert h.status_code == 200 and h.content == b"", show(h)
+    assert g.status_code == 200 and g.content == b"the content", show(g) + " / " + saw(origin, path)
 
 
 @granian
@@ -1020,6 +1036,21 @@ def test_4_2_3_upstream_age_counts_toward_current_age(client, origin, path):
     client.get(old)
     b = client.get(old)
     assert origin.count(old) == 2, f"Age 70 > max-age 60 is stale: {saw(origin, old)} / {show(b)}"
+
+
+@granian
+def test_5_1_age_given_as_a_list_or_invalid(client, origin, path):
+    """Section 5.1 [SHOULD]: an Age given as a list counts its first member; an invalid Age is
+    ignored (and a hit still carries a valid Age of its own)."""
+    listed, invalid = f"{path}/listed", f"{path}/invalid"
+    origin.script(listed, Reply(200, {"Cache-Control": "max-age=60", "Age": "30, 10"}))
+    origin.script(invalid, Reply(200, {"Cache-Control": "max-age=60", "Age": "abc"}))
+    client.get(listed), client.get(invalid)
+    a, b = client.get(listed), client.get(invalid)
+    checks = Checks()
+    checks.check(age(a) is not None and 30 <= age(a) <= 33 and origin.count(listed) == 1, f"Age 30, 10: {show(a)}")
+    checks.check(age(b) is not None and age(b) <= 3 and origin.count(invalid) == 1, f"Age abc: {show(b)}")
+    checks.done()
 
 
 @granian
@@ -1748,15 +1779,19 @@ def test_4_4_location_of_the_same_origin_invalidated(client, gw, origin, path, f
 
 
 @granian
-def test_4_4_location_of_another_origin_not_invalidated(client, origin, path, gw):
-    """Section 4.4 [MUST NOT invalidate a URI of a different origin]: Location naming another host
-    with the same path."""
+@pytest.mark.parametrize("other", ["host", "port", "scheme"])
+def test_4_4_location_of_another_origin_not_invalidated(client, origin, path, gw, other):
+    """Section 4.4 [MUST NOT invalidate a URI of a different origin]: Location and Content-Location
+    with the same path on another host, another port, or another scheme (RFC 9110 section 4.3.1: the
+    origin is scheme, host and port)."""
     target = f"{path}/item"
     stored(client, origin, target)
-    origin.script(
-        path,
-        Reply(201, {"Location": f"http://other.example{target}", "Content-Location": f"http://other.example{target}"}),
-    )
+    elsewhere = {
+        "host": f"http://other.example{target}",
+        "port": f"http://127.0.0.1:{free_port()}{target}",
+        "scheme": f"https://127.0.0.1:{gw.port}{target}",
+    }[other]
+    origin.script(path, Reply(201, {"Location": elsewhere, "Content-Location": elsewhere}))
     client.post(path, content=b"x")
     b = client.get(target)
     assert origin.count(target) == 1 and b.content == body_for(target, 1), saw(origin, target) + " / " + show(b)
