@@ -15,6 +15,7 @@ bounded.
 
 from __future__ import annotations
 
+import gzip
 import inspect
 import time
 import uuid
@@ -532,6 +533,55 @@ def test_rfc9110_8_6_a_stored_204_has_no_content_length(client, origin, path):
     for r in (client.get(path), client.get(path)):
         assert r.status_code == 204 and r.content == b"" and "content-length" not in r.headers, show(r)
     assert origin.count(path) == 1, saw(origin, path)
+
+
+def raw_fields(r: httpx.Response) -> dict[bytes, list[bytes]]:
+    """The response's field lines as received: {lower-case name: [values]}."""
+    out: dict[bytes, list[bytes]] = {}
+    for name, value in r.headers.raw:
+        out.setdefault(name.lower(), []).append(value)
+    return out
+
+
+@granian
+def test_3_1_repeated_fields_are_stored_as_received(client, origin, path):
+    """Section 3.1 [MUST include all received header fields when storing]: a field in two lines
+    comes back on a hit with both values; two Set-Cookie lines (which cannot be combined, RFC 9110
+    section 5.3) too, when a response with Set-Cookie is stored at all (a cache may decline to)."""
+    plain, cookies = f"{path}/plain", f"{path}/set-cookie"
+    fields = [("Cache-Control", "max-age=60"), ("X-Multi", "one"), ("X-Multi", "two")]
+    origin.script(plain, Reply(200, fields))
+    origin.script(cookies, Reply(200, [*fields, ("Set-Cookie", "a=1; Path=/"), ("Set-Cookie", "b=2; Path=/")]))
+    for p in (plain, cookies):
+        for r in (client.get(p), client.get(p)):
+            raw = raw_fields(r)
+            assert b",".join(raw.get(b"x-multi", [])).replace(b" ", b"") == b"one,two", show(r)
+            if p == cookies:
+                assert raw.get(b"set-cookie") == [b"a=1; Path=/", b"b=2; Path=/"], show(r)
+    assert origin.count(plain) == 1, saw(origin, plain)
+
+
+@granian
+def test_3_1_an_obs_text_field_value_is_passed_on_and_stored(client, origin, path):
+    """Section 3.1 [MUST include all received header fields] and RFC 9110 section 5.5 (a field value
+    may hold obs-text octets, which a recipient treats as opaque data): a value with the octet 0xE9 is
+    passed on and comes back on a hit."""
+    origin.script(path, Reply(200, [("Cache-Control", "max-age=60"), ("X-Latin", "caf\xe9")]))
+    for r in (client.get(path), client.get(path)):
+        assert r.status_code == 200 and raw_fields(r).get(b"x-latin") == [b"caf\xe9"], show(r)
+    assert origin.count(path) == 1, saw(origin, path)
+
+
+@granian
+def test_5_2_2_6_no_transform_content_is_served_as_stored(client, origin, path):
+    """Section 5.2.2.6 [MUST NOT transform the content] and 3: a gzip-coded response is stored and
+    served with its coding and its bytes."""
+    coded = gzip.compress(b"the original content " * 50)
+    origin.script(path, Reply(200, {"Cache-Control": "max-age=60, no-transform", "Content-Encoding": "gzip"}, coded))
+    miss, hit = client.get(path), client.get(path)
+    assert origin.count(path) == 1, saw(origin, path)
+    for r in (miss, hit):
+        assert r.headers.get("content-encoding") == "gzip" and r.content == b"the original content " * 50, show(r)
 
 
 @granian
