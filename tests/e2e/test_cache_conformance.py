@@ -926,9 +926,10 @@ def test_4_1_vary_absent_field_then_present(client, origin, path):
 
 
 @granian
-def test_4_1_vary_star_never_matches(client, origin, path):
-    """Section 4.1 [MUST]: a stored response with Vary: * always fails to match."""
-    b = again(client, origin, path, Reply(200, {"Cache-Control": "max-age=60", "Vary": "*"}))
+@pytest.mark.parametrize("vary", ["*", "X-Lang, *"])
+def test_4_1_vary_star_never_matches(client, origin, path, vary):
+    """Section 4.1 [MUST]: a stored response with Vary: * (alone or in a list) always fails to match."""
+    b = again(client, origin, path, Reply(200, {"Cache-Control": "max-age=60", "Vary": vary}))
     assert b.content == body_for(path, 2), show(b)
     assert origin.count(path) == 2, saw(origin, path)
 
@@ -1053,9 +1054,11 @@ def test_rfc9110_5_6_7_obsolete_date_forms_are_accepted(client, origin, path, fo
 
 
 @granian
-def test_5_3_max_age_wins_over_expires(client, origin, path):
-    """Section 5.3 [MUST]: with max-age (or s-maxage) present, a recipient MUST ignore Expires."""
-    b = again(client, origin, path, Reply(200, {"Cache-Control": "max-age=60", "Expires": http_date(time.time() - 60)}))
+@pytest.mark.parametrize("directive", ["max-age=60", "s-maxage=60"])
+def test_5_3_max_age_wins_over_expires(client, origin, path, directive):
+    """Section 5.3 [MUST]: with max-age (or s-maxage, for a shared cache) present, a recipient MUST
+    ignore Expires."""
+    b = again(client, origin, path, Reply(200, {"Cache-Control": directive, "Expires": http_date(time.time() - 60)}))
     reused(origin, path, b)
 
 
@@ -1156,12 +1159,18 @@ def test_rfc9110_6_6_1_date_added_when_the_origin_sends_none(client, origin, pat
 @granian
 @pytest.mark.parametrize(
     "value",
-    ["MAX-AGE=60", 'max-age="60"', "public,max-age=60,  x-ext=1", 'max-age=60, x-ext="a, no-store, private"'],
+    [
+        "MAX-AGE=60",
+        'max-age="60"',
+        "public,max-age=60,  x-ext=1",
+        'max-age=60, x-ext="a, no-store, private"',
+        ", max-age=60,,  ,",
+    ],
 )
 def test_5_2_cache_control_parsing(client, origin, path, value):
     """Section 5.2 [directives are case-insensitive; recipients ought to accept the quoted form;
     unknown extensions are ignored, section 5.2.3, including a quoted value holding commas and
-    directive names (RFC 9110 section 5.6.4)]."""
+    directive names (RFC 9110 section 5.6.4); empty list elements are ignored, RFC 9110 5.6.1]."""
     b = again(client, origin, path, Reply(200, cc(value)))
     reused(origin, path, b)
 
@@ -1367,6 +1376,16 @@ def test_5_2_1_2_max_stale_accepts_a_stale_response(client, origin, path):
         f"max-stale=0 accepts no staleness: {saw(origin, zero)} / {show(r)}",
     )
     checks.done()
+
+
+@granian
+def test_5_2_1_7_only_if_cached_with_a_vary_mismatch(client, origin, path):
+    """Section 5.2.1.7 [SHOULD] with 4.1: only-if-cached, and the stored response varies on a field
+    this request sends otherwise: nothing usable, so 504, and nothing goes upstream."""
+    origin.script(path, Reply(200, {"Cache-Control": "max-age=60", "Vary": "X-Lang"}, lang_body))
+    client.get(path, headers={"X-Lang": "en"})
+    r = client.get(path, headers={"X-Lang": "fr", "Cache-Control": "only-if-cached"})
+    assert r.status_code == 504 and origin.count(path) == 1, show(r) + " / " + saw(origin, path)
 
 
 @after_expiry("granian")
