@@ -116,6 +116,8 @@ def test_stale_while_revalidate_and_stale_if_error_windows():
     assert judge(entry, NO_RULES, T + 5) == REVALIDATE_LATER
     assert judge(entry, NO_RULES, T + 12) == VALIDATE
     assert may_serve_on_error(entry, T + 50) and not may_serve_on_error(entry, T + 102)
+    asks_more = RequestRules.of(directives.parse([b"stale-if-error=200"]), False)
+    assert may_serve_on_error(entry, T + 150, asks_more) and not may_serve_on_error(entry, T + 150)
     from_config = stored(rules=Rules(swr=3.0, sie=4.0), cache_control="max-age=1")
     assert (from_config.swr, from_config.sie) == (3.0, 4.0)
 

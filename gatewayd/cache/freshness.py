@@ -74,6 +74,7 @@ class RequestRules:
     max_age: int | None = None
     max_stale: float | None = None  # seconds; inf for a bare max-stale
     min_fresh: int | None = None
+    stale_if_error: int | None = None  # RFC 5861 section 4: the client accepts this much staleness on an error
 
     @classmethod
     def of(cls, cc: dict, pragma_no_cache: bool) -> "RequestRules":
@@ -88,6 +89,7 @@ class RequestRules:
             max_age=seconds(cc["max-age"]) if "max-age" in cc else None,
             max_stale=max_stale,
             min_fresh=seconds(cc["min-fresh"]) if "min-fresh" in cc else None,
+            stale_if_error=seconds(cc["stale-if-error"]) if "stale-if-error" in cc else None,
         )
 
 
@@ -121,11 +123,13 @@ def judge(entry, rules: RequestRules, now: float) -> int:
     return VALIDATE
 
 
-def may_serve_on_error(entry, now: float) -> bool:
-    """Whether `entry` may answer in place of an origin that failed (stale-if-error, RFC 5861 section 4)."""
+def may_serve_on_error(entry, now: float, rules: RequestRules = NO_RULES) -> bool:
+    """Whether `entry` may answer in place of an origin that failed (stale-if-error, RFC 5861 section 4:
+    the response's window, or the request's when it gives a longer one)."""
     if entry.must_revalidate or entry.no_cache:
         return False
-    return entry.sie > 0 and now - entry.stale_at <= entry.sie
+    window = max(entry.sie, rules.stale_if_error or 0)
+    return window > 0 and now - entry.stale_at <= window
 
 
 def current_age(entry, now: float) -> int:

@@ -246,7 +246,7 @@ def compile_cached(action, tiers, ns: bytes, rules: Rules, beta: float | None, p
             if stale is not None:
                 if status == 304:
                     return True
-                if status >= 500 and may_serve_on_error(stale, time()):
+                if status >= 500 and may_serve_on_error(stale, time(), view.rules):
                     return True
             result = admission.admit(
                 rules, view.rules, foreign_auth, status, headers,
@@ -267,7 +267,7 @@ def compile_cached(action, tiers, ns: bytes, rules: Rules, beta: float | None, p
         now = time()
         failed = cap.failure is not None or (stale is not None and cap.status is not None and cap.status >= 500 and not cap.passing)
         if failed:
-            if stale is not None and may_serve_on_error(stale, now):
+            if stale is not None and may_serve_on_error(stale, now, view.rules):
                 counter("stale")
                 if client is not None:
                     await _serve(client, stale, view, now, b"%s; detail=stale-if-error" % HIT)
