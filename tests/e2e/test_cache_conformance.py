@@ -816,6 +816,22 @@ def test_3_5_collapsed_requests_do_not_share_an_authorized_response(client, gw, 
 
 
 @granian
+def test_4_3_2_a_request_collapsed_onto_a_client_conditional_gets_the_whole(gw, origin, path):
+    """Sections 4 and 4.3.2: a client's conditional request on an empty cache goes upstream as it
+    is, and its 304 says nothing to an unconditional request waiting on it, which gets a 200 with
+    the content."""
+    origin.script(path, Reply(200, {"Cache-Control": "max-age=60", "ETag": '"x"'}, "whole body", delay=0.5))
+    with ThreadPoolExecutor(max_workers=1) as pool, httpx.Client(base_url=gw.url, timeout=10.0) as c1:
+        conditional = pool.submit(c1.get, path, headers={"If-None-Match": '"x"'})
+        assert origin.wait_for(path, 1, timeout=5.0), saw(origin, path)
+        with httpx.Client(base_url=gw.url, timeout=10.0) as c2:
+            whole = c2.get(path)
+        first = conditional.result(timeout=10)
+    assert first.status_code in (200, 304), show(first)
+    assert whole.status_code == 200 and whole.content == b"whole body", show(whole) + " / " + saw(origin, path)
+
+
+@granian
 def test_4_cache_key_includes_the_authority_and_a_case_sensitive_path(client, origin, path):
     """Section 4 [MUST: the target URI matches]: another Host is another URI, and paths are
     case-sensitive (RFC 3986 section 6.2.2.1)."""
@@ -1923,6 +1939,29 @@ def test_rfc5861_4_stale_if_error_serves_stale_on_error(client, origin, path):
             checks.check(age(r) is not None and age(r) >= 1, f"{name}: a stale response has its Age: {show(r)}")
         checks.check(origin.count(p) == 2, f"{name}: the cache tried the origin: {saw(origin, p)}")
     checks.done()
+
+
+@after_expiry("granian")
+def test_rfc5861_3_background_revalidation_with_a_304(client, origin, path):
+    """RFC 5861 section 3 with RFC 9111 4.3.4 and 3.2: the background revalidation of a stale
+    entry with an ETag may be conditional; a 304 freshens the stored response (new fields, same
+    content), which later requests get from the cache."""
+    origin.script(
+        path,
+        Reply(
+            200, {"Cache-Control": "max-age=1, stale-while-revalidate=600", "ETag": '"r"', "X-Version": "1"}, "r body"
+        ),
+        Reply(200, {"Cache-Control": "max-age=600", "ETag": '"r"', "X-Version": "2"}, "r body", delay=0.3),
+    )
+    client.get(path)
+    yield  # the stored responses expire
+    stale = client.get(path)
+    assert stale.content == b"r body", show(stale)
+    assert origin.wait_for(path, 2, timeout=5.0, answered=True), saw(origin, path)
+    time.sleep(0.3)
+    after = client.get(path)
+    assert after.content == b"r body" and after.headers.get("x-version") == "2", show(after) + " / " + saw(origin, path)
+    assert origin.count(path) == 2, saw(origin, path)
 
 
 @after_expiry("granian")
