@@ -351,14 +351,34 @@ def cache_status(r: httpx.Response) -> list[tuple[object, dict[str, object]]]:
     return parse_sf_list(", ".join(r.headers.get_list("cache-status")))
 
 
+PARAMETER_TYPES = {  # RFC 9211 section 2.1-2.8
+    "hit": lambda v: v is True or v is False,
+    "fwd": lambda v: isinstance(v, Token),
+    "fwd-status": lambda v: type(v) is int,
+    "ttl": lambda v: type(v) is int,
+    "stored": lambda v: v is True or v is False,
+    "collapsed": lambda v: v is True or v is False,
+    "key": lambda v: type(v) is str,
+    "detail": lambda v: isinstance(v, str),
+}
+
+
 def ours(r: httpx.Response) -> dict[str, object] | None:
-    """The parameters of gatewayd's Cache-Status member (the last one naming it), or None."""
+    """The parameters of gatewayd's Cache-Status member (the last one naming it), or None when there
+    is none; an AssertionError when the field is not an RFC 8941 List or a parameter of RFC 9211
+    has the wrong type."""
+    if not r.headers.get_list("cache-status"):
+        return None
     try:
         members = cache_status(r)
-    except SFError:
-        return None
+    except SFError as exc:
+        raise AssertionError(f"Cache-Status is not an RFC 8941 List ({exc}): {show(r)}") from None
     mine = [p for item, p in members if item == "gatewayd"]
-    return mine[-1] if mine else None
+    if not mine:
+        return None
+    wrong = [k for k, ok in PARAMETER_TYPES.items() if k in mine[-1] and not ok(mine[-1][k])]
+    assert not wrong, f"RFC 9211 parameters of the wrong type {wrong}: {show(r)}"
+    return mine[-1]
 
 
 # --- RFC 9111 section 3: storing responses ------------------------------------------------------
