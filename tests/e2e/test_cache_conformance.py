@@ -1201,6 +1201,7 @@ def test_rfc9110_6_6_1_date_added_when_the_origin_sends_none(client, origin, pat
         "public,max-age=60,  x-ext=1",
         'max-age=60, x-ext="a, no-store, private"',
         ", max-age=60,,  ,",
+        "max-age=0060",
     ],
 )
 def test_5_2_cache_control_parsing(client, origin, path, value):
