@@ -9,8 +9,11 @@ conditional header fields) and by the response the client got, and only second b
 
 Each test names the rule it checks and its strength in the RFC: [MUST], [SHOULD], or [MAY] where
 the RFC permits a behaviour that gatewayd's cache issue asks for. Every test runs on Granian; a
-representative subset also runs on Hypercorn. Freshness lifetimes are 1-2 s and every wait is
-bounded.
+representative subset also runs on Hypercorn (and a few on a gateway with two workers).
+
+Freshness lifetimes are 1-2 s and every wait is bounded. Tests that need stored responses to
+expire are split by a bare `yield` (see `after_expiry`): their first halves run together, one wait
+of STALE_WAIT_S serves them all, then each test resumes.
 """
 
 from __future__ import annotations
