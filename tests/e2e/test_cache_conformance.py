@@ -965,6 +965,16 @@ def test_4_1_vary_absent_field_then_present(client, origin, path):
 
 
 @granian
+def test_4_1_vary_empty_value_is_not_absence(client, origin, path):
+    """Section 4.1 [MUST]: a field absent from the first request matches only where it is absent;
+    sent with an empty value, it is present."""
+    origin.script(path, Reply(200, {"Cache-Control": "max-age=60", "Vary": "X-Lang"}, lang_body))
+    client.get(path)
+    b = client.get(path, headers={"X-Lang": ""})
+    assert b.content == b"lang=" and origin.count(path) == 2, show(b) + " / " + saw(origin, path)
+
+
+@granian
 @pytest.mark.parametrize("vary", ["*", "X-Lang, *"])
 def test_4_1_vary_star_never_matches(client, origin, path, vary):
     """Section 4.1 [MUST]: a stored response with Vary: * (alone or in a list) always fails to match."""
@@ -1230,9 +1240,17 @@ def test_5_2_cache_control_in_several_field_lines(client, origin, path):
         [("Cache-Control", "max-age=-1")],
         [("Cache-Control", "max-age=6O")],
         [("Cache-Control", "max-age=0, max-age=60")],
+        [("Cache-Control", "max-age=60, s-maxage=abc")],
         [("Expires", "0"), ("Expires", "Thu, 01 Jan 2099 00:00:00 GMT")],
     ],
-    ids=["not-a-number", "negative", "letter-O", "first-of-two-max-age-is-0", "first-of-two-expires-is-invalid"],
+    ids=[
+        "not-a-number",
+        "negative",
+        "letter-O",
+        "first-of-two-max-age-is-0",
+        "s-maxage-not-a-number",
+        "first-of-two-expires-is-invalid",
+    ],
 )
 def test_4_2_1_invalid_or_repeated_freshness_is_stale(client, origin, path, fields):
     """Section 4.2.1 [SHOULD]: "caches are encouraged to consider responses that have invalid
@@ -1725,6 +1743,7 @@ def test_4_3_2_if_none_match_answered_304_from_the_cache(client, origin, path):
         ('"s1"', 'W/"s1"', 304),
         ('"s1"', '"x", "s1"', 304),
         ('"s1"', "*", 304),
+        ('"s1"', ',"s1" ,,', 304),
         ('"a,b"', '"a,b"', 304),
         ('"a,b"', '"a", "b"', 200),
         ('"s1"', '"S1"', 200),
@@ -1732,7 +1751,8 @@ def test_4_3_2_if_none_match_answered_304_from_the_cache(client, origin, path):
 )
 def test_rfc9110_13_1_2_if_none_match_weak_comparison(client, origin, path, stored, sent, status):
     """RFC 9110 13.1.2 [MUST use the weak comparison function]; a list, and *; an entity tag may
-    hold a comma (RFC 9110 section 8.8.3, etagc), and tags compare case-sensitively."""
+    hold a comma (RFC 9110 section 8.8.3, etagc), and tags compare case-sensitively; empty list
+    elements are ignored (RFC 9110 section 5.6.1)."""
     origin.script(path, Reply(200, {"Cache-Control": "max-age=60", "ETag": stored}, "the body"))
     client.get(path)
     r = client.get(path, headers={"If-None-Match": sent})
@@ -1767,8 +1787,9 @@ def test_rfc9110_13_1_3_if_modified_since_from_the_cache(client, origin, path):
     checks.check(r.status_code == 304 and r.content == b"", f"same date: {show(r)}")
     r = client.get(path, headers={"If-Modified-Since": http_date(modified - 60)})
     checks.check(r.status_code == 200 and r.content == b"ims body", f"earlier date: {show(r)}")
-    r = client.get(path, headers={"If-Modified-Since": "yesterday"})
-    checks.check(r.status_code == 200 and r.content == b"ims body", f"invalid date: {show(r)}")
+    for invalid in ("yesterday", f"{http_date(time.time())} and more"):
+        r = client.get(path, headers={"If-Modified-Since": invalid})
+        checks.check(r.status_code == 200 and r.content == b"ims body", f"invalid date {invalid!r}: {show(r)}")
     now = http_date(time.time())
     r = client.get(path, headers=[("If-Modified-Since", now), ("If-Modified-Since", now)])
     checks.check(r.status_code == 200 and r.content == b"ims body", f"more than one member: {show(r)}")
