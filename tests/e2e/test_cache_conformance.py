@@ -1340,12 +1340,23 @@ def test_4_2_4_no_stale_when_prohibited_and_validation_fails(client, origin, pat
 
 @after_expiry("granian")
 def test_5_2_2_2_must_revalidate_overrides_max_stale(client, origin, path):
-    """Section 5.2.2.2 [MUST NOT use stale, even with a request's max-stale]."""
-    origin.script(path, Reply(200, cc("max-age=1, must-revalidate")))
-    client.get(path)
+    """Section 5.2.2.2 [MUST NOT use stale, even with a request's max-stale], and for a shared cache
+    5.2.2.8 (proxy-revalidate) and 5.2.2.10 (s-maxage implies proxy-revalidate)."""
+    cases = {
+        "must-revalidate": "max-age=1, must-revalidate",
+        "proxy-revalidate": "max-age=1, proxy-revalidate",
+        "s-maxage": "s-maxage=1",
+    }
+    for name, value in cases.items():
+        origin.script(f"{path}/{name}", Reply(200, cc(value)))
+        client.get(f"{path}/{name}")
     yield  # the stored responses expire
-    b = client.get(path, headers=cc("max-stale=600"))
-    forwarded(origin, path, b)
+    checks = Checks()
+    for name in cases:
+        p = f"{path}/{name}"
+        b = client.get(p, headers=cc("max-stale=600"))
+        checks.check(b.content == body_for(p, 2) and origin.count(p) == 2, f"{name}: {show(b)} / {saw(origin, p)}")
+    checks.done()
 
 
 @granian
