@@ -1477,6 +1477,11 @@ def test_5_2_1_7_only_if_cached(client, origin, path):
     yield  # the stored responses expire
     r = client.get(stale, headers=cc("only-if-cached"))
     checks.check(r.status_code == 504 and origin.count(stale) == 1, f"stale: {show(r)} / {saw(origin, stale)}")
+    r = client.get(stale, headers=cc("only-if-cached, max-stale=600"))
+    checks.check(
+        r.status_code == 200 and r.content == body_for(stale, 1) and origin.count(stale) == 1,
+        f"stale, with max-stale (consistent with the request): {show(r)} / {saw(origin, stale)}",
+    )
     checks.done()
 
 
