@@ -10,9 +10,11 @@ Phases (gatewayd with 2 workers unless --workers says otherwise):
 soak     wrk at --concurrency (200) for --duration seconds over mixed routes (a `respond` route, a
          redirect, proxied GETs and POSTs to two nginx targets); errors must be 0, and the RSS of
          the gateway's workers, sampled every few seconds, must grow by less than 5% from the
-         end of the warm-up to the end (the supervisor's is shown apart). The warm-up is the first minute (a fifth of a shorter
-         run): RSS grows through it, by 5-6% in 300 s runs of this version and of the one before
-         it alike, while the latency windows fill, and then stays nearly flat.
+         end of the warm-up to the end (the supervisor's is shown apart). The warm-up is the
+         first minute (a fifth of a shorter run): RSS grows through it, and in 10-minute runs for
+         3 to 8 minutes in all, to a peak 10 to 16% above its size at 5 s, and then levels off or
+         falls back a little; the growth over the second half of the run is shown, to tell a
+         leak from that.
 reloads  wrk at c=50 while the config is rewritten --reloads (100) times, every --reload-every
          seconds, changing an upstream's settings (its response timeout, and every fifth time its
          max_connections, which replaces its pool); failed requests must be 0, and every worker
