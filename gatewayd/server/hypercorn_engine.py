@@ -21,12 +21,18 @@ from hypercorn.protocol.h2 import H2Protocol
 from hypercorn.protocol.h11 import H11Protocol
 
 from ..config.model import Listen, ServerConfig
-from ..dispatch.exchange import JSON_TYPE, STANDING_HEADERS, error_body, http_date, new_request_id
+from ..dispatch.exchange import JSON_TYPE, STANDING_HEADERS, Cut, error_body, http_date, new_request_id
 from ..dispatch.refusals import refused_head
 from .h1_strict import StrictConnection
 from .sockets import BACKLOG, bind, fastopen_wanted
 
 log = logging.getLogger("gatewayd")
+
+
+def _not_a_cut(record: logging.LogRecord) -> bool:
+    """A response cut off on purpose (dispatch.exchange.Cut) was logged by whoever cut it: Hypercorn
+    ends it as broken, and its traceback would say nothing more."""
+    return not (record.exc_info and isinstance(record.exc_info[1], Cut))
 
 
 class GatewayConfig(HypercornConfig):
@@ -37,6 +43,7 @@ class GatewayConfig(HypercornConfig):
 
     accesslog = None
     errorlog = logging.getLogger("gatewayd.hypercorn")
+    errorlog.addFilter(_not_a_cut)
     include_date_header = False
     include_server_header = False
     header_read_timeout: float = 30.0  # read by _TCPServer
