@@ -8,8 +8,8 @@ so a proxied request allocates one future for the head and, when the body is not
 packets as the head, one per wait for more.
 
 Framing is llhttp's, strict: two Content-Lengths, a list or a bad value, obs-folded or NUL-bearing
-fields, a bad status line or chunk are `BadResponse` (502 before the head, a cut-off response
-after). Content-Length beside Transfer-Encoding is read by the chunked framing (RFC 9112 section
+fields, a bad status line or chunk, and a head still incomplete after MAX_HEAD_BYTES are
+`BadResponse` (502 before the head, a cut-off response after). Content-Length beside Transfer-Encoding is read by the chunked framing (RFC 9112 section
 6.3) and the connection is not used again. A body without either ends when the connection closes.
 1xx answers are skipped (the final one follows); a 101 is refused, as no upgrade was asked for.
 
@@ -31,6 +31,7 @@ from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 from .errors import BadResponse, Closed, ResponseTimeout
 
 HIGH_WATER = 256 * 1024  # response body bytes buffered before the upstream is paused
+MAX_HEAD_BYTES = 64 * 1024  # received without a whole response head: refused (llhttp sets no bound)
 
 # where the connection's exchange is (whether the connection itself is open is `closed`)
 IDLE = 0  # no request
@@ -193,6 +194,11 @@ class H1Connection(asyncio.Protocol):
                 self.reusable = False
             else:
                 self.fail(BadResponse(f"malformed response: {exc}"))
+        else:
+            if self.state == HEAD:  # (no body is buffered before the head: `buffered` counts the head's bytes)
+                self.buffered += len(data)
+                if self.buffered > MAX_HEAD_BYTES:
+                    self.fail(BadResponse(f"no whole response head in {self.buffered} bytes"))
 
     def eof_received(self):
         return None  # close
@@ -238,6 +244,7 @@ class H1Connection(asyncio.Protocol):
             self.interim = True
             return
         self.status = status
+        self.buffered = 0
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
