@@ -7,7 +7,9 @@ a kept-alive connection that the upstream closed is not the request's failure.""
 
 from __future__ import annotations
 
+import shutil
 import socket
+import subprocess
 import threading
 import time
 
@@ -16,6 +18,8 @@ from rawhttp import HOST, Recorder, exchange, parse_responses, request
 
 CONFIG = """
 version: 1
+server:
+  http: auto
 upstreams:
   rec: {{targets: ["{rec}"], max_connections: 2, timeouts: {{response: 5s}}}}
   impatient: {{targets: ["{rec}"], max_connections: 1, timeouts: {{response: 400ms}}, retries: {{attempts: 1}}}}
@@ -125,6 +129,17 @@ def test_a_cut_off_response_is_one_line_in_the_log(gw):
     log = gw.log()
     assert "response cut off" in log, log[-2000:]
     assert "Traceback" not in log and "Error in ASGI" not in log, log[-3000:]
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
+def test_a_cut_off_response_over_http2_is_reset(gw):
+    """Over HTTP/2 (h2c), a response that breaks off mid-body ends in a reset stream (curl's exit 92),
+    not in a stream left open nor one ended as if complete."""
+    r = subprocess.run(
+        ["curl", "-s", "-o", "/dev/null", "--http2-prior-knowledge", "--max-time", "10", f"{gw.url}/cut-while-streaming"],
+        capture_output=True, timeout=20,
+    )  # fmt: skip
+    assert r.returncode == 92, (r.returncode, r.stderr)
 
 
 def test_a_slow_head_is_504_and_frees_the_only_connection(gw):
