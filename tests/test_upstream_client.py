@@ -57,7 +57,7 @@ def read(loop, raw: bytes, split: int, head_only: bool = False, close: bool = Fa
     """Feed `raw` in pieces of `split` bytes (then a close, if `close`) to a connection that sent a
     request; (status or the head's exception, the body taken, whether the connection may be reused, its error)."""
     conn, _ = connection(loop)
-    head = conn.send(b"GET / HTTP/1.1\r\n\r\n", head_only)
+    head = conn.send(b"GET / HTTP/1.1\r\n\r\n", head_only, None)
     for i in range(0, len(raw), split):
         conn.data_received(raw[i : i + split])
     if close:
@@ -102,7 +102,7 @@ def test_a_response_reads_the_same_whatever_its_packets(loop, name, split):
 
 def test_a_body_cut_short_is_an_error_for_its_reader(loop):
     conn, _ = connection(loop)
-    head = conn.send(b"GET / HTTP/1.1\r\n\r\n", False)
+    head = conn.send(b"GET / HTTP/1.1\r\n\r\n", False, None)
     conn.data_received(OK + b"Content-Length: 10\r\n\r\nhel")
     assert head.done() and conn.state == BODY and conn.take() == b"hel"
     conn.connection_lost(None)
@@ -117,7 +117,7 @@ def test_the_answer_to_head_has_no_body_whatever_its_length_says(loop):
 
 def test_a_head_that_never_ends_is_refused(loop):
     conn, transport = connection(loop)
-    head = conn.send(b"GET / HTTP/1.1\r\n\r\n", False)
+    head = conn.send(b"GET / HTTP/1.1\r\n\r\n", False, None)
     conn.data_received(OK)
     for _ in range(100):
         if head.done():
@@ -128,7 +128,7 @@ def test_a_head_that_never_ends_is_refused(loop):
 
 def test_bytes_while_idle_close_the_connection(loop):
     conn, transport = connection(loop)
-    conn.send(b"GET / HTTP/1.1\r\n\r\n", False)
+    conn.send(b"GET / HTTP/1.1\r\n\r\n", False, None)
     conn.data_received(OK + b"Content-Length: 2\r\n\r\nok")
     conn.state = 0  # back in the pool (h1_pool.H1Pool.put)
     conn.data_received(OK)
@@ -137,7 +137,7 @@ def test_bytes_while_idle_close_the_connection(loop):
 
 def test_a_large_body_pauses_the_upstream_until_taken(loop):
     conn, transport = connection(loop)
-    conn.send(b"GET / HTTP/1.1\r\n\r\n", False)
+    conn.send(b"GET / HTTP/1.1\r\n\r\n", False, None)
     conn.data_received(OK + b"Content-Length: 1000000\r\n\r\n")
     conn.data_received(b"x" * 300_000)
     assert transport.paused

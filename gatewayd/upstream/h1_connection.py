@@ -77,10 +77,11 @@ class H1Connection(asyncio.Protocol):
 
     # --- the proxy's side ---------------------------------------------------------------------
 
-    def send(self, head: bytes, head_only: bool) -> asyncio.Future:
+    def send(self, head: bytes, head_only: bool, timeout: float | None) -> asyncio.Future:
         """Write a request head; the future is the response head's (`status` and `headers` are set
         when it resolves; it fails with an UpstreamError). `head_only`: a HEAD request, whose answer
-        has no body whatever its framing says."""
+        has no body whatever its framing says. `timeout`: the request is whole (it has no body), and
+        `arm` starts at once; None: `upload` follows."""
         self.parser = HttpResponseParser(self)
         # Content-Length beside chunked: chunked wins, and the connection is not reused (see on_chunk_header)
         self.parser.set_dangerous_leniencies(lenient_chunked_length=True)
@@ -98,6 +99,8 @@ class H1Connection(asyncio.Protocol):
             fut.set_exception(Closed("the upstream closed the connection before answering"))
         else:
             self.transport.write(head)
+            if timeout is not None:
+                self.timer = self.loop.call_later(timeout, self._timed_out, timeout)
         return fut
 
     def arm(self, timeout: float) -> None:

@@ -75,26 +75,29 @@ class H1Pool:
         conn = self.take(ep)
         if conn is None:
             conn = await self.obtain(ep, timeout)
-        try:
-            return await self._exchange(conn, head, head_only, body, chunked, timeout)
-        except Closed as exc:
-            if not (exc.stale and replayable):
+        replayed = False
+        while True:
+            try:
+                await self._send(conn, head, head_only, body, chunked, timeout)
+                return conn
+            except Closed as exc:
+                self.put(conn)
+                if replayed or not (exc.stale and replayable):
+                    raise
+            except BaseException:
+                self.put(conn)
                 raise
-        conn = await self.obtain(ep, timeout, fresh=True)  # the upstream had closed the idle one: once more
-        return await self._exchange(conn, head, head_only, body, chunked, timeout)
+            replayed = True  # the upstream had closed the idle connection: once more, on a fresh one
+            conn = await self.obtain(ep, timeout, fresh=True)
 
-    async def _exchange(self, conn: H1Connection, head, head_only, body, chunked, timeout) -> H1Connection:
-        try:
-            answered = conn.send(head, head_only)
-            if body is None:
-                conn.arm(timeout)
-            else:
-                conn.uploading = asyncio.get_running_loop().create_task(conn.upload(body, chunked, timeout))
-            await answered
-            return conn
-        except BaseException:
-            self.put(conn)
-            raise
+    @staticmethod
+    def _send(conn: H1Connection, head, head_only, body, chunked, timeout) -> asyncio.Future:
+        """Start the exchange on `conn`; the future of its response head."""
+        if body is None:
+            return conn.send(head, head_only, timeout)
+        answered = conn.send(head, head_only, None)
+        conn.uploading = asyncio.get_running_loop().create_task(conn.upload(body, chunked, timeout))
+        return answered
 
     def take(self, ep: Endpoint) -> H1Connection | None:
         """An idle connection to `ep`, if there is one young enough."""
