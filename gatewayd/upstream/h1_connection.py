@@ -2,7 +2,8 @@
 
 Hand-written on asyncio's Protocol and httptools (llhttp) because it is the proxy's hot path: the
 design measurements put such a client at 0.47-0.51 of nginx's proxy rate on 2 cores, against 0.32
-for pyreqwest, the fastest library measured (bench/results/2026-12-03-proxy.md has the profile).
+for pyreqwest, the fastest library measured; in place, it halved gatewayd's CPU per proxied
+response (bench/results/2026-12-03-proxy.md has the figures and the profiles).
 The protocol object is also the response: the proxy reads `status`, `headers` and the body from it,
 so a proxied request allocates one future for the head and, when the body is not in the same
 packets as the head, one per wait for more.
