@@ -95,7 +95,7 @@ class AdminListener:
         else:
             parts = urlsplit(value)
             arg = url_of(unquote(parts.path or "/"), parts.query.encode("latin-1"))
-        purged = self.tiers.purge(kind, arg)
+        purged = await self.tiers.purge(kind, arg)
         if self.tiers.l2 is not None:
             await asyncio.sleep(PURGE_SETTLE)  # the other workers apply it meanwhile
         log.info("cache purge by %s %r: %d stored responses", kind, value, purged)

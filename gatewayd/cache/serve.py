@@ -25,6 +25,7 @@ from . import admission
 from .admission import Rules
 from .capture import Capture
 from .conditional import headers_304, not_modified, validates
+from .l2 import expires_in
 from .freshness import FRESH, NO_RULES, REVALIDATE_LATER, STALE_OK, may_serve_on_error, judge
 from .request import View, selection, url_of
 
@@ -82,7 +83,9 @@ def compile_cached(action, tiers, ns: bytes, rules: Rules, beta: float | None, p
         consumer = ex.consumer
         foreign_auth = view.authorization and consumer is None
         now = time()
-        entry = _lookup(key, url, scope["headers"], consumer, foreign_auth)
+        entry = _lookup(key, scope["headers"], consumer, foreign_auth)
+        if entry is None and tiers.shared:
+            entry = await _shared_lookup(key, url, scope["headers"], consumer, foreign_auth)
         if entry is not None:
             verdict = judge(entry, view.rules, now)
             if verdict == FRESH:
@@ -97,6 +100,11 @@ def compile_cached(action, tiers, ns: bytes, rules: Rules, beta: float | None, p
                 _refresh(key, scope, entry, consumer, ex.request_id)
                 counter("stale")
                 return await _serve(ex, entry, view, now, b"%s; ttl=%d; detail=stale-while-revalidate" % (HIT, entry.stale_at - now))
+            if tiers.shared and view.rules is NO_RULES:  # another worker or gateway may have refreshed it
+                newer = await _shared_lookup(key, url, scope["headers"], consumer, foreign_auth)
+                if newer is not None and newer.stale_at > entry.stale_at and judge(newer, NO_RULES, now) == FRESH:
+                    counter("hit")
+                    return await _serve(ex, newer, view, now, b"%s; ttl=%d" % (HIT, newer.stale_at - now))
             if not view.rules.only_if_cached:
                 return await _fetch(ex, key, url, view, entry, FWD_REQUEST if view.rules.no_cache else FWD_STALE)
         if view.rules.only_if_cached:  # RFC 9111 section 5.2.1.7: never the origin
@@ -105,7 +113,8 @@ def compile_cached(action, tiers, ns: bytes, rules: Rules, beta: float | None, p
             return await ex.error(504, "not_cached", "only-if-cached: no stored response can answer this request")
         return await _fetch(ex, key, url, view, None, FWD_VARY if l1.node(key) is not None else FWD_MISS)
 
-    def _lookup(key: bytes, url: bytes, headers, consumer, foreign_auth: bool):
+    def _lookup(key: bytes, headers, consumer, foreign_auth: bool):
+        """A stored response from this worker's L1."""
         node = l1.node(key)
         if node is not None:
             selected = selection(headers, node.vary)
@@ -113,14 +122,18 @@ def compile_cached(action, tiers, ns: bytes, rules: Rules, beta: float | None, p
             entry = (consumer is not None and variants.get((selected, consumer))) or variants.get((selected, None))
             if entry and (not foreign_auth or entry.auth_ok):
                 return entry
-        if tiers.l2 is None:
-            return None
-        found = tiers.l2.lookup(key, url, _candidates(headers, consumer))
-        if found is None:
+        return None
+
+    async def _shared_lookup(key: bytes, url: bytes, headers, consumer, foreign_auth: bool):
+        """A stored response from the host's L2, else the cluster's tier (Redis), kept in this
+        worker's L1 from then on."""
+        candidates = _candidates(headers, consumer)
+        found = tiers.l2.lookup(key, url, candidates) if tiers.l2 is not None else None
+        if found is None and tiers.cluster is not None:
+            found = await tiers.cluster.lookup(key, candidates)
+        if found is None or (foreign_auth and not found[1].auth_ok):
             return None
         selected, entry = found
-        if foreign_auth and not entry.auth_ok:
-            return None
         l1.put(key, ns, entry, selected)
         return entry
 
@@ -171,7 +184,7 @@ def compile_cached(action, tiers, ns: bytes, rules: Rules, beta: float | None, p
                     if same is not None:
                         urls.add(url_for(*same))
             for url in urls:
-                tiers.purge("url", url)
+                await tiers.purge("url", url)
 
     def _upstream_scope(scope, stale):
         headers = [(n, v) for n, v in scope["headers"] if n not in _CONDITIONALS]
@@ -207,7 +220,7 @@ def compile_cached(action, tiers, ns: bytes, rules: Rules, beta: float | None, p
         entry = None
         leased = False
         try:
-            if future is not None and stale is None and tiers.l2 is not None and view.rules is NO_RULES:
+            if future is not None and stale is None and tiers.shared and view.rules is NO_RULES:
                 entry = await _fetched_elsewhere(key, url, ex.scope["headers"], consumer, flight_key)
                 if entry is not None:
                     counter("collapsed")
@@ -225,13 +238,10 @@ def compile_cached(action, tiers, ns: bytes, rules: Rules, beta: float | None, p
         tier until it releases its lease, within the timeout); None, holding the lease, when this
         worker is to fetch it."""
         deadline = time() + timeout
-        candidates = _candidates(headers, consumer)
-        while not tiers.lease(b"fetch", flight_key, timeout):
+        while not await tiers.lease(b"fetch", flight_key, timeout):
             await asyncio.sleep(ELSEWHERE_POLL)
-            found = tiers.l2.lookup(key, url, candidates)
-            if found is not None:
-                selected, entry = found
-                l1.put(key, ns, entry, selected)
+            entry = await _shared_lookup(key, url, headers, consumer, False)
+            if entry is not None:
                 return entry
             if time() > deadline:
                 break
@@ -310,6 +320,8 @@ def compile_cached(action, tiers, ns: bytes, rules: Rules, beta: float | None, p
         l1.put(key, ns, entry, selected)
         if tiers.l2 is not None:
             tiers.l2.put(key, selected, entry, now)
+        if tiers.cluster is not None:
+            tiers.cluster.put(key, selected, entry, expires_in(entry, now))
         if client is not None:
             counter("miss")
             await _serve(client, entry, view, now, cache_status + detail + b"; stored")
@@ -339,13 +351,15 @@ def compile_cached(action, tiers, ns: bytes, rules: Rules, beta: float | None, p
     def _refresh(key: bytes, scope, entry, consumer, request_id) -> None:
         """Refresh `entry` in the background, unless a refresh of it runs here or on another worker."""
         flight_key = key if consumer is None else key + b"\x00" + consumer.encode()
-        if flight_key in flights or not tiers.lease(b"refresh", flight_key, max(0.05, min(timeout, entry.lifetime / 2 or 1.0))):
+        if flight_key in flights:
             return
         future = flights.lead(flight_key)
 
         async def run():
             result = None
             try:
+                if not await tiers.lease(b"refresh", flight_key, max(0.05, min(timeout, entry.lifetime / 2 or 1.0))):
+                    return  # another worker (or gateway) refreshes it: its answer reaches the shared tiers
                 view = View(scope["headers"], key_fields)
                 result = await _origin(None, scope, consumer, request_id, key, entry.url, view, entry, FWD_STALE)
             except Exception:

@@ -46,6 +46,7 @@ class Tiers:
         self.l1 = L1(l1_max)
         self.l2 = l2
         self.store = store  # the host store: purge records and refresh leases
+        self.cluster = None  # the cluster's tier in Redis (gatewayd.cluster.cache), when gateways share one
         self.flights = Flights()
         self.passes = Passes()  # keys whose last response could not be shared -> until when (wall clock)
         self._seen = b"%s%020d" % (_PURGES, time.time_ns())
@@ -53,20 +54,31 @@ class Tiers:
         self._poller: asyncio.Task | None = None
         self.tasks: set[asyncio.Task] = set()  # background refreshes, held until done
 
+    @property
+    def shared(self) -> bool:
+        """Whether other processes share what this one stores (the host's workers, or a cluster)."""
+        return self.l2 is not None or self.cluster is not None
+
     def start(self) -> None:
         if self.l2 is not None and self._poller is None:
             self._poller = asyncio.get_running_loop().create_task(self._poll())
+        if self.cluster is not None:
+            self.cluster.subscribe(self._purge_here)
 
     def close(self) -> None:
         if self._poller is not None:
             self._poller.cancel()
+        if self.cluster is not None:
+            self.cluster.close()
         if self.l2 is not None:
             self.l2.close()
 
-    def lease(self, kind: bytes, key: bytes, seconds: float) -> bool:
+    async def lease(self, kind: bytes, key: bytes, seconds: float) -> bool:
         """Whether this worker may fetch (`kind` b"fetch") or refresh (b"refresh") `key` now: one
-        worker of the host holds it at a time, for `seconds` at most or until `release`. A token
-        bucket of one token in the host store, so that Redis can hold it for a cluster."""
+        worker of the host (of the cluster, with one) holds it at a time, for `seconds` at most or
+        until `release`. On a host: a token bucket of one token in the host store."""
+        if self.cluster is not None:
+            return await self.cluster.lease(kind, key, seconds)
         if self.l2 is None:
             return True
         try:
@@ -75,6 +87,8 @@ class Tiers:
             return True
 
     def release(self, kind: bytes, key: bytes, seconds: float) -> None:
+        if self.cluster is not None:
+            return self.cluster.release(kind, key)
         if self.l2 is not None:
             try:
                 self.store.draw([(_lease_key(kind, key), -1, 1.0 / seconds, 1.0)])
@@ -83,18 +97,27 @@ class Tiers:
 
     # --- purges -------------------------------------------------------------------------------
 
-    def purge(self, kind: str, arg: bytes) -> int:
-        """Purge by "url", "prefix" or "tag" here and in the L2, and tell the host's other workers."""
+    async def purge(self, kind: str, arg: bytes) -> int:
+        """Purge by "url", "prefix" or "tag" here, in the L2 and in the cluster's tier, and tell the
+        host's other workers (and, through Redis, the other gateways); how many stored responses went."""
+        removed = self._purge_here(kind, arg)
+        if self.cluster is not None:
+            removed = max(removed, await self.cluster.purge(kind, arg))
+        if self.l2 is not None:
+            try:
+                self.store.put(b"%s%020d%s" % (_PURGES, time.time_ns(), self._me), marshal.dumps((kind, arg)), _PURGE_TTL)
+            except Exception as exc:
+                log.warning("cache purge not recorded for the other workers: %s", exc)
+        return removed
+
+    def _purge_here(self, kind: str, arg: bytes) -> int:
+        """Purge this worker's L1 and the host's L2."""
         removed = self._purge_l1(kind, arg)
         if self.l2 is not None:
             if kind == "tag":
                 removed = max(removed, self.l2.purge_tag(arg))
             else:
                 removed = max(removed, self.l2.purge_url(arg, prefix=kind == "prefix"))
-            try:
-                self.store.put(b"%s%020d%s" % (_PURGES, time.time_ns(), self._me), marshal.dumps((kind, arg)), _PURGE_TTL)
-            except Exception as exc:
-                log.warning("cache purge not recorded for the other workers: %s", exc)
         return removed
 
     def _purge_l1(self, kind: str, arg: bytes) -> int:
