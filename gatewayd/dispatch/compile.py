@@ -33,16 +33,19 @@ def _ignore(exchange) -> None:
 
 def compile_table(
     config: Config, upstreams: dict[str, Upstream], status: RuntimeStatus, observer=None,
-    store: HostStore | None = None, kept: Generation | None = None,
+    store: HostStore | None = None, kept: Generation | None = None, cluster=None,
 ) -> Table:  # fmt: skip
     """`observer`: the process's `gatewayd.observe.Observer` when serving (None: nothing is recorded);
-    `store` and `kept`: the host store and the policy state kept across reloads (None: private, fresh)."""
+    `store` and `kept`: the host store and the policy state kept across reloads (None: private, fresh);
+    `cluster`: the process's `gatewayd.cluster.Cluster` when it shares state through Redis."""
     ctx = CompileContext(
         store=store if store is not None else MemoryStore(),
         kept=kept if kept is not None else Generation({}),
         base_dir=os.path.dirname(os.path.abspath(config.file)),
         trusted_proxies=networks(config.server.trusted_proxies),
         max_body_bytes=config.server.limits.max_body_bytes,
+        cluster=cluster,
+        on_error=config.cluster.on_error if config.cluster is not None else "fail_open",
     )
     policies = {name: compile_policy(name, spec, ctx) for name, spec in config.policies.items()}
     compiled = []
@@ -75,7 +78,7 @@ def compile_table(
     return Table(
         router=Router(specs),
         routes=tuple(compiled),
-        endpoints=_endpoints(config, status, observer, ctx.kept, upstreams),
+        endpoints=_endpoints(config, status, observer, ctx.kept, upstreams, cluster),
         record=observer.record if observer is not None and config.observability.record else _ignore,
         server_timing=config.observability.server_timing,
         detailed_timing=config.observability.server_timing_detailed,
@@ -96,7 +99,7 @@ def _options_not_allowed(methods):
     return step
 
 
-def _endpoints(config: Config, status: RuntimeStatus, observer, kept: Generation, upstreams: dict) -> dict:
+def _endpoints(config: Config, status: RuntimeStatus, observer, kept: Generation, upstreams: dict, cluster=None) -> dict:
     """Path -> action of the gateway's own endpoints that are enabled."""
     obs = config.observability
     endpoints = {}
@@ -105,7 +108,7 @@ def _endpoints(config: Config, status: RuntimeStatus, observer, kept: Generation
     if observer is not None:
         local_only = obs.endpoints_access == "local"
         if obs.latency_path:
-            endpoints[obs.latency_path] = compile_latency(observer, local_only)
+            endpoints[obs.latency_path] = compile_latency(observer, local_only, cluster and cluster.sketches)
         if obs.metrics_path:
             endpoints[obs.metrics_path] = compile_metrics(observer, local_only)
     return endpoints

@@ -18,6 +18,8 @@ class CompileContext:
     base_dir: str = "."  # the config file's folder: relative file names in policies are taken from it
     trusted_proxies: tuple = ()  # ipaddress networks whose X-Forwarded-For is believed
     max_body_bytes: int = 10 * 1024 * 1024  # server.limits.max_body_bytes: no body the gateway reads is larger
+    cluster: object = None  # this gateway's `gatewayd.cluster.Cluster` (Redis), or None when it stands alone
+    on_error: str = "fail_open"  # `cluster.on_error`: what a policy does when Redis fails, unless it says
 
     def path(self, name: str) -> str:
         """A file named in a policy, as an absolute path."""
