@@ -91,7 +91,8 @@ class RedisServer:
 
     def cli(self, *args: str) -> str:
         return subprocess.run(
-            ["redis-cli", "-h", HOST, "-p", str(self.port), *args], capture_output=True, text=True, timeout=10, check=True
+            ["redis-cli", "-h", HOST, "-p", str(self.port), *args], capture_output=True, text=True, errors="replace",
+            timeout=10, check=True,
         ).stdout
 
     def stop(self) -> None:
