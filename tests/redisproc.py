@@ -107,21 +107,24 @@ class RedisServer:
 
 def redis_cluster(workdir: Path, masters: int = 3) -> list[RedisServer]:
     """`masters` servers with `--cluster-enabled yes`, joined by `redis-cli --cluster create` and
-    ready (every slot served) when this returns."""
-    nodes = [
-        RedisServer(
-            workdir / f"node{i}", "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", port=cluster_port()
-        ).start()
-        for i in range(masters)
-    ]
-    subprocess.run(
-        ["redis-cli", "--cluster", "create", *(f"{HOST}:{n.port}" for n in nodes), "--cluster-replicas", "0",
-         "--cluster-yes"],
-        capture_output=True, text=True, timeout=30, check=True,
-    )  # fmt: skip
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while "cluster_state:ok" not in nodes[0].cli("cluster", "info"):
-        if time.monotonic() > deadline:
-            raise RuntimeError("the Redis Cluster did not reach cluster_state:ok")
-        time.sleep(0.1)
+    ready (every node knows the others, every slot served) when this returns."""
+    nodes: list[RedisServer] = []
+    try:
+        for i in range(masters):
+            options = ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf")
+            nodes.append(RedisServer(workdir / f"node{i}", *options, port=cluster_port()).start())
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *(f"{HOST}:{n.port}" for n in nodes), "--cluster-replicas", "0",
+             "--cluster-yes"],
+            capture_output=True, text=True, timeout=30, check=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not all(f"cluster_known_nodes:{masters}" in (info := n.cli("cluster", "info")) and "cluster_state:ok" in info for n in nodes):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the Redis Cluster did not reach cluster_state:ok")
+            time.sleep(0.1)
+    except BaseException:
+        for node in nodes:
+            node.stop()
+        raise
     return nodes

@@ -15,6 +15,7 @@ own retries are off, since the link decides when to try again; `pubsub()` gives 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -130,6 +131,14 @@ class RedisLink:
                 listener(t.up)
 
     async def _reconnect(self) -> None:
+        """Probe with backoff until Redis answers. Its connections are made anew first: pooled ones
+        to a Redis that went away would each fail once more after it is back."""
+        old, self.client = self.client, make_client(self.url, self.timeout, self.pool, self.mode)
+        if self._blocking is not None:
+            blocking, self._blocking = self._blocking, None
+            blocking.close()
+        with contextlib.suppress(Exception):  # closing connections to a server that is gone
+            await old.aclose()
         while not self.up:
             await asyncio.sleep(self.backoff)
             try:
@@ -171,10 +180,8 @@ class RedisLink:
             self._blocking.close()
         if self.client is not None:
             client, self.client = self.client, None
-            try:
+            with contextlib.suppress(Exception):  # closing connections to a server that is gone
                 await client.aclose()
-            except Exception:  # closing a pool whose server is gone
-                pass
 
 
 def _reason(exc: BaseException) -> str:
