@@ -7,11 +7,16 @@ path, which never waits for Redis. `ClusterLeaser` settles a batch of shares wit
 (`TIME`), so that the gateways' clocks need not agree. A bucket is a string of two doubles (the
 `BUCKET` layout of the host store), expiring when it would be full again.
 
-Over-admission: with L leasers in all (instances × workers), a slice S = max(1, ceil(rate × 10 ms))
+Over-admission: with L leasers in all (gateways × workers), a slice S = max(1, ceil(rate × 10 ms))
 and B = max(burst, 1) + S - 1, the cluster admits at most limit×T/per + B + L×(B + S) over any T
-seconds (the host's bound, `bucket.py`, with L for W): the L×B only when a burst is sprayed over all
-the leasers within one lease, and owed back after. A steady overload admits limit×T/per + burst
-give or take a few slices per leaser.
+seconds (the host's bound, `bucket.py`, with L for W); a steady overload admits limit×T/per + burst
+give or take a few slices per leaser, less the tokens of any lease answered after the timeout
+(taken in Redis, never spent). The L×B is the debt of a burst sprayed over every
+leaser within one lease, each believing the bucket as full as its last lease found it; it is owed
+back from later tokens. A key new to a worker is believed empty here (`Limiter(cold_full=False)`),
+not full as on one host: the first requests of a new key reach every gateway at once, and would
+each be admitted a bucketful: the first burst of a new key gets about a slice per leaser before
+the leases answer.
 
 When Redis is down or slower than `cluster.redis.timeout`, each limit does as its `on_error` says:
 `fail_open` leases from the host store (the single-host limits), `fail_closed` leaves the share to

@@ -11,6 +11,9 @@ the keys that ran low at once, in one store operation. So the limit holds for th
 1; W workers at most limit×T/per + B + W×(B + S), with B = max(burst, 1) + S - 1, the extra bucket-
 fulls only for a burst sprayed over several workers within a millisecond, and owed; a steady
 overload admits limit×T/per + max(burst, 1) give or take a few slices (measured: `bench/ratelimit.py`).
+With a `cluster` section the buckets are in Redis and every worker of every gateway leases from
+them (`gatewayd/cluster/buckets.py`): the same step, the same bound with W the workers of all the
+gateways; `on_error` says what a limit does while Redis does not answer.
 
 Over the limit: `429` with the JSON error `rate_limited`, `Retry-After` (whole seconds, rounded
 up, until the worker may admit again). Every answer carries the fields of the IETF draft "RateLimit
@@ -77,7 +80,7 @@ def compile_policy(spec: dict, ctx, name: str) -> Effects:
     else:  # leased from Redis; kept while its definition and its `on_error` (maybe the cluster's) are unchanged
         on_error = spec.get("on_error", ctx.on_error)
         limiter = ctx.keep(name, "rate_limit", {**spec, "on_error": on_error}, lambda: Limiter(
-            name, spec, ctx.store, leaser=cluster.leaser, on_error=on_error, link=cluster.link
+            name, spec, ctx.store, leaser=cluster.leaser, on_error=on_error, link=cluster.link, cold_full=False
         ))  # fmt: skip
     key_of = key_function(spec.get("key", "client_ip"), ctx.trusted_proxies)
     return Effects(steps=((RATE_LIMIT, rate_limit_step(limiter, key_of, REJECTED.labels(name))),))
@@ -170,10 +173,13 @@ class Limiter:
 
     def __init__(
         self, name: str, spec: dict, store, leaser=LEASER, max_keys: int = MAX_KEYS, trust_belief: bool = True,
-        on_error: str = "fail_open", link=None,
+        on_error: str = "fail_open", link=None, cold_full: bool = True,
     ):  # fmt: skip
         """`store`: the host store (where a cluster's limit fails open to); `leaser`: the host's, or
-        a cluster's (gatewayd/cluster/buckets.py), which asks Redis through `link`."""
+        a cluster's (gatewayd/cluster/buckets.py), which asks Redis through `link`. `cold_full`: a
+        share of a key new to this worker believes the bucket full until its first lease says what
+        it holds; in a cluster it believes it empty (a slice of debt at most), since the first
+        requests of a new key (an attacker's, say) reach every gateway at once."""
         per = seconds(spec["per"])
         self.name = name
         self.budget = budget = Budget.of(spec["limit"], per, spec.get("burst", 0))
@@ -185,6 +191,7 @@ class Limiter:
         self.closed = False
         self.admit = admitter(budget, self._ask, trust_belief)
         self.on_error = on_error
+        self.cold_left = budget.capacity if cold_full else 0.0  # what a new share believes the bucket holds
         self.closed_on = link if on_error == "fail_closed" else None  # its 503s while Redis is down
         if self.closed_on is not None:
             self.admit = fail_closed(self.admit, link)
@@ -224,7 +231,7 @@ class Limiter:
             self.tidy(now)
             while len(shares) >= self.max_keys:
                 shares.popitem(last=False)
-        share = shares[value] = Share(self.host_key(value), now, self.budget.capacity)
+        share = shares[value] = Share(self.host_key(value), now, self.cold_left)
         return share
 
     def tidy(self, now: float, steps: int = TIDY_STEPS) -> None:
