@@ -14,10 +14,12 @@ rotates):
    load (every request admitted: what leasing costs), against one gateway; and against both
    gateways of the cluster at once (25 connections each), summed.
 2. Server-Timing (`total;dur`, ms with 3 decimals, so 1 µs steps): `--samples` sequential
-   requests, median, on the admitted route and on a route over its limit (429).
+   requests to each gateway, one to each in turn, on the admitted route and on a route over its
+   limit (429): the median, and the interquartile mean, which tells differences below 1 µs.
 3. Accuracy: h2load paced at 3.6 times a limit of 200/s (burst 50) for `--seconds` × 2, against
    the one gateway alone, and against the two gateways of the cluster at once (half the load each):
-   admitted against limit × T + burst.
+   admitted against limit × T + burst; with Redis down, each gateway limits alone (`fail_open`).
+   Then the faults: how soon /health says down after Redis is killed, up after it answers again.
 4. The Redis clients: µs per lease script call (one key, and 32 keys) from redis-py's asyncio
    client, with and without hiredis's parser, and from coredis; and a blocking GETDEL from
    redis-py (what a 0-RTT ticket costs a handshake).
@@ -29,6 +31,7 @@ import argparse
 import asyncio
 import concurrent.futures
 import http.client
+import json
 import os
 import re
 import statistics
@@ -78,17 +81,27 @@ def gateway(command: str, engine: str, directory: Path, redis_url: str | None):
     return start(command, text, port, 1, directory), port
 
 
-def server_timing(port: int, path: str, samples: int) -> float:
-    """Median `total;dur` (ms) of `samples` sequential requests on one kept-alive connection."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    durs = []
+def server_timing(ports: dict[str, int], path: str, samples: int) -> dict[str, tuple[float, float]]:
+    """(median, interquartile mean) of `total;dur` (ms) of `samples` sequential requests to each
+    gateway, one request to each in turn on kept-alive connections, so that whatever else the
+    machine does weighs on all alike. The header has 1 µs steps: the interquartile mean tells
+    differences below that."""
+    conns = {name: http.client.HTTPConnection("127.0.0.1", port, timeout=5) for name, port in ports.items()}
+    durs: dict[str, list[float]] = {name: [] for name in ports}
     for _ in range(samples):
-        conn.request("GET", path)
-        r = conn.getresponse()
-        r.read()
-        durs.append(float(re.search(r"total;dur=([\d.]+)", r.getheader("server-timing")).group(1)))
-    conn.close()
-    return statistics.median(durs)
+        for name, conn in conns.items():
+            conn.request("GET", path)
+            r = conn.getresponse()
+            r.read()
+            durs[name].append(float(re.search(r"total;dur=([\d.]+)", r.getheader("server-timing")).group(1)))
+    for conn in conns.values():
+        conn.close()
+    out = {}
+    for name, values in durs.items():
+        values.sort()
+        middle = values[len(values) // 4 : len(values) - len(values) // 4]
+        out[name] = statistics.median(values), statistics.fmean(middle)
+    return out
 
 
 def wrk_rps(ports: list[int], seconds: float) -> float:
@@ -181,8 +194,43 @@ def request_path(rounds: int) -> dict[str, float]:
     return out
 
 
+def fault_times(redis: RedisServer, port: int) -> dict[str, float]:
+    """Seconds from a kill of Redis to the gateway's /health saying down, while requests come (each
+    worker finds out at its next call), and from Redis answering again to /health saying up (the
+    probe's backoff, 2 s at most, after a long outage); and the slowest request meanwhile."""
+    out = {}
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+
+    def state() -> str:
+        t = time.perf_counter()
+        conn.request("GET", "/shared")
+        conn.getresponse().read()
+        out["slowest request, s"] = max(out.get("slowest request, s", 0.0), time.perf_counter() - t)
+        conn.request("GET", "/health")
+        return json.loads(conn.getresponse().read())["cluster"]["redis"]
+
+    redis.start()
+    deadline = time.monotonic() + 10
+    while state() != "up" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    t = time.monotonic()
+    redis.kill()
+    while state() != "down" and time.monotonic() < deadline + 10:
+        time.sleep(0.001)
+    out["kill to down, s"] = time.monotonic() - t
+    time.sleep(5)  # a long outage: the probe waits its longest between tries
+    redis.start()
+    t = time.monotonic()
+    while state() != "up" and time.monotonic() < deadline + 30:
+        time.sleep(0.01)
+    out["answering again to up, s"] = time.monotonic() - t
+    conn.close()
+    return out
+
+
 def clients(url: str, rounds: int) -> dict[str, float]:
-    """µs per call (median of rounds of 300 calls) of each client on `url`."""
+    """µs per call (median of rounds of 300 sequential calls) of each client on `url`, the clients
+    taking turns within each round."""
     import coredis
     import redis
     import redis.asyncio
@@ -193,28 +241,23 @@ def clients(url: str, rounds: int) -> dict[str, float]:
     one = [bucket_key(b"bench/one")], [1, "1000000.0", "1000.0"]
     many = [bucket_key(b"bench/%d" % i) for i in range(32)], [x for _ in range(32) for x in (1, "1000000.0", "1000.0")]
 
-    async def timed(call) -> float:
-        per = []
-        for _ in range(rounds):
-            t = time.perf_counter()
-            for _ in range(300):
-                await call()
-            per.append((time.perf_counter() - t) / 300 * 1e6)
-        return statistics.median(per)
-
     async def run() -> dict[str, float]:
-        out = {}
-        for name, kwargs in (("redis-py asyncio" + (" + hiredis" if HIREDIS_AVAILABLE else ""), {}),):
-            client = redis.asyncio.Redis.from_url(url, **kwargs)
-            script = client.register_script(DRAW)
-            out[f"{name}, 1 key"] = await timed(lambda: script(keys=one[0], args=one[1]))
-            out[f"{name}, 32 keys"] = await timed(lambda: script(keys=many[0], args=many[1]))
-            await client.aclose()
-        async with coredis.Redis.from_url(url) as client:  # coredis 6 runs its pool inside the block
-            script = client.register_script(DRAW)
-            out["coredis, 1 key"] = await timed(lambda: script(keys=one[0], args=one[1]))
-            out["coredis, 32 keys"] = await timed(lambda: script(keys=many[0], args=many[1]))
-        return out
+        per: dict[str, list[float]] = {}
+        plain = redis.asyncio.Redis.from_url(url)
+        async with coredis.Redis.from_url(url) as other:  # coredis 6 runs its pool inside the block
+            scripts = {
+                "redis-py asyncio" + (" + hiredis" if HIREDIS_AVAILABLE else ""): plain.register_script(DRAW),
+                "coredis": other.register_script(DRAW),
+            }
+            for _ in range(rounds):  # the clients in turn, each round: the machine's mood weighs on both
+                for name, script in scripts.items():
+                    for label, (keys, args) in (("1 key", one), ("32 keys", many)):
+                        t = time.perf_counter()
+                        for _ in range(300):
+                            await script(keys=keys, args=args)
+                        per.setdefault(f"{name}, {label}", []).append((time.perf_counter() - t) / 300 * 1e6)
+        await plain.aclose()
+        return {name: statistics.median(values) for name, values in per.items()}
 
     out = asyncio.run(run())
     blocking = redis.Redis.from_url(url, max_connections=1)
@@ -256,9 +299,11 @@ def main() -> None:
                 order = [("alone", alone_port), ("cluster", one_port)]
                 for name, port in order[r % 2 :] + order[: r % 2]:
                     add(f"req/s, one gateway ({name})", wrk_rps([port], args.seconds))
-                    add(f"Server-Timing ms, admitted ({name})", server_timing(port, "/open", args.samples))
-                    add(f"Server-Timing ms, 429 ({name})", server_timing(port, "/tight", args.samples))
                 add("req/s, both gateways of the cluster", wrk_rps([one_port, two_port], args.seconds))
+                for path, what in (("/open", "admitted"), ("/tight", "429")):
+                    for name, (median, iqm) in server_timing(dict(order), path, args.samples).items():
+                        add(f"Server-Timing ms, {what} ({name}): median", median)
+                        add(f"Server-Timing ms, {what} ({name}): interquartile mean", iqm)
             acc = {
                 "alone": accuracy([alone_port], args.seconds * 2),
                 "cluster of two": accuracy([one_port, two_port], args.seconds * 2),
@@ -267,10 +312,14 @@ def main() -> None:
             redis.kill()
             for r in range(args.rounds):
                 add("req/s, one gateway (redis down)", wrk_rps([one_port], args.seconds))
-                add("Server-Timing ms, admitted (redis down)", server_timing(one_port, "/open", args.samples))
-                add("Server-Timing ms, 429 (redis down)", server_timing(one_port, "/tight", args.samples))
+                for path, what in (("/open", "admitted"), ("/tight", "429")):
+                    pair = {"alone": alone_port, "cluster, redis down": one_port}
+                    for name, (median, iqm) in server_timing(pair, path, args.samples).items():
+                        add(f"Server-Timing ms, {what}, Redis down ({name}): median", median)
+                        add(f"Server-Timing ms, {what}, Redis down ({name}): interquartile mean", iqm)
             acc["cluster of two, redis down"] = accuracy([one_port, two_port], args.seconds * 2)
             down_s = time.monotonic() - t_kill
+            faults = fault_times(redis, one_port)
             log = (d / "one" / "gatewayd.log").read_text(errors="replace")
         finally:
             for proc in procs:
@@ -288,7 +337,7 @@ def main() -> None:
     print("| measure | median | rounds |")
     print("| --- | --: | --- |")
     for name, values in rows.items():
-        fmt = "{:.0f}" if name.startswith("req/s") else "{:.3f}"
+        fmt = "{:.0f}" if name.startswith("req/s") else "{:.4f}"
         print(f"| {name} | {fmt.format(statistics.median(values))} | {', '.join(fmt.format(v) for v in values)} |")
     print(f"\n## Accuracy: limit {LIMIT}/s, burst {BURST}, paced overload of 3.6x for {args.seconds * 2} s\n")
     print("| setup | offered req/s | admitted | limit × T + burst | error |")
@@ -299,7 +348,9 @@ def main() -> None:
     for name, us in client_figures.items():
         print(f"- {name}: {us:.0f} µs")
     errors = log.count("Traceback")
-    print(f"\nRedis was down for {down_s:.0f} s of load; tracebacks in the gateway's log: {errors}.")
+    print(f"\n## Faults\n\nRedis was down for {down_s:.0f} s of load; tracebacks in the gateway's log: {errors}.\n")
+    for name, seconds in faults.items():
+        print(f"- {name}: {seconds:.3f}")
     print(f"Load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 

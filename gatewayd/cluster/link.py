@@ -29,7 +29,7 @@ from redis.asyncio.retry import Retry
 from redis.retry import Retry as SyncRetry
 from redis.backoff import NoBackoff
 from redis.connection import parse_url
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 log = logging.getLogger("gatewayd.cluster")
 
@@ -39,8 +39,9 @@ FIRST_CONTACT_S = 2.0  # what `connect` allows the first contact, off the reques
 BLOCKING_WAIT_S = 0.005  # the longest a blocking call (`blocking()`) holds its thread
 
 
-# what a call may raise when Redis is gone or slow: the link's own timeout, a socket error, redis-py's errors
-_FAILURES = (TimeoutError, OSError, RedisError)
+# what a call may raise when Redis is gone or slow: the link's own timeout, a socket error, redis-py's
+# errors (a Redis Cluster it cannot reach raises one that is not a RedisError)
+FAILURES = (TimeoutError, OSError, RedisError, RedisClusterException)
 
 
 class Unavailable(Exception):
@@ -97,7 +98,7 @@ class RedisLink:
                 if self.mode == "cluster":
                     await self.client.initialize()
                 await self.client.ping()
-        except _FAILURES:
+        except FAILURES:
             pass
 
     def on_change(self, listener: Callable[[bool], None]) -> None:
@@ -111,7 +112,7 @@ class RedisLink:
         try:
             async with asyncio.timeout(self.timeout):
                 return await make(self.client)
-        except _FAILURES as exc:
+        except FAILURES as exc:
             self.failed(exc)
             raise Unavailable(str(exc) or type(exc).__name__) from None
 
@@ -144,7 +145,7 @@ class RedisLink:
             try:
                 async with asyncio.timeout(self.timeout):
                     await self.client.ping()
-            except _FAILURES:
+            except FAILURES:
                 self._apply(after_call(False, self.since, self.backoff, False, self.clock()))
                 continue
             self._apply(after_call(False, self.since, self.backoff, True, self.clock()))

@@ -18,11 +18,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .buckets import KEY_PREFIX
-from .link import RedisLink, Unavailable
+from .link import FAILURES, RedisLink, Unavailable
 
 log = logging.getLogger("gatewayd.quic")
 
@@ -32,12 +31,21 @@ class SharedTickets:
 
     def __init__(self, link: RedisLink):
         self.link = link
-        self._writes: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task] = set()
+        link.on_change(self._changed)
+
+    def _changed(self, up: bool) -> None:
+        """Redis is back: connect the blocking client again ahead of the next handshake."""
+        if up:
+            self._spawn(self.connect())
+
+    def _spawn(self, coroutine) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def put(self, key: bytes, value: bytes, ttl: float | None = None) -> None:
-        task = asyncio.get_running_loop().create_task(self._put(KEY_PREFIX + key, value, ttl))
-        self._writes.add(task)
-        task.add_done_callback(self._writes.discard)
+        self._spawn(self._put(KEY_PREFIX + key, value, ttl))
 
     async def _put(self, key: bytes, value: bytes, ttl: float | None) -> None:
         px = None if ttl is None else max(1, int(ttl * 1000))
@@ -51,7 +59,7 @@ class SharedTickets:
         (connecting, and finding a Redis Cluster's nodes, may take longer than a `take` may wait)."""
         try:
             await asyncio.to_thread(lambda: self.link.blocking().ping())
-        except (OSError, RedisError):
+        except FAILURES:
             pass  # made again at the first `take`
 
     def take(self, key: bytes) -> bytes | None:
@@ -61,6 +69,6 @@ class SharedTickets:
             return self.link.blocking().getdel(KEY_PREFIX + key)
         except RedisTimeoutError:  # slower than this wait, maybe not than `timeout`: no ticket, the link stays up
             return None
-        except (OSError, RedisError) as exc:
+        except FAILURES as exc:
             self.link.failed(exc)
             return None
