@@ -7,17 +7,23 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import os
 import time
+from dataclasses import replace
 
 import pytest
 import redis
 from aioquic.tls import CipherSuite, SessionTicket
 
+from gatewayd.cluster import same_redis
 from gatewayd.cluster.buckets import KEY_PREFIX, MAX_KEYS_PER_CALL, ClusterLeaser, bucket_key, calls
 from gatewayd.cluster.link import BACKOFF_S, MAX_BACKOFF_S, RedisLink, Unavailable, after_call, url_problems
+from gatewayd.cluster.sketches import Sketches
 from gatewayd.cluster.tickets import SharedTickets
+from gatewayd.config.model import ClusterConfig
 from gatewayd.config.errors import ConfigError
 from gatewayd.config.load import load_bytes
+from gatewayd.observe.observer import LATENCY_PREFIX, encode
 from gatewayd.policies.rate_limit import REJECTED, Limiter, key_function, rate_limit_step
 from gatewayd.server.quic.tickets import TicketStore
 from gatewayd.store import MemoryStore
@@ -25,6 +31,18 @@ from gatewayd.store.base import take_tokens
 from redisproc import redis_cluster
 
 TIMEOUT_S = 0.05
+
+
+class Observed:
+    """The part of an `Observer` that `Sketches` reads: this worker's document in its host store."""
+
+    def __init__(self):
+        self.store = MemoryStore()
+        doc = {"worker": 0, "pid": os.getpid(), "recording": True, "latency": {}}
+        self.store.put(LATENCY_PREFIX + b"%d" % os.getpid(), encode(doc))
+
+    def refresh(self) -> None:
+        pass
 
 
 class Ex:
@@ -305,6 +323,14 @@ def test_a_ticket_is_taken_once_across_gateways_and_not_at_all_without_redis(red
 
 # --- config ---------------------------------------------------------------------------------------
 
+
+def test_same_redis_ignores_on_error_only():
+    started = ClusterConfig("redis://h:6379/0")
+    assert same_redis(started, replace(started, on_error="fail_closed")) and same_redis(None, None)
+    assert not same_redis(started, replace(started, timeout=1.0))
+    assert not same_redis(started, None) and not same_redis(None, started)
+
+
 CONFIG = """version: 1
 {cluster}policies:
   limited:
@@ -342,7 +368,7 @@ def test_cluster_problems_are_located(tmp_path, cluster, extra, where, message):
 # --- Redis Cluster --------------------------------------------------------------------------------
 
 
-def test_leases_and_tickets_on_a_redis_cluster_of_three_masters(tmp_path):
+def test_leases_tickets_and_sketches_on_a_redis_cluster_of_three_masters(tmp_path):
     nodes = redis_cluster(tmp_path / "cluster")
     try:
 
@@ -366,6 +392,11 @@ def test_leases_and_tickets_on_a_redis_cluster_of_three_masters(tmp_path):
             tickets.add(ticket(b"c" * 64))
             await asyncio.sleep(0.05)
             assert tickets.take(b"c" * 64) is not None and tickets.take(b"c" * 64) is None
+            sketches = [Sketches(link, Observed(), name) for name in ("host-a:1", "host-b:2")]
+            for each in sketches:
+                await each.publish()
+            doc = await sketches[0].document()  # SCAN over every master, one MGET in the hash tag's slot
+            assert (doc["scope"], doc["instances"], doc["workers"]) == ("cluster", 2, 2)
             await close(one)
 
         asyncio.run(run())

@@ -6,6 +6,6 @@ sketches (`sketches.py`). Redis is the engine users already run for this; no pro
 """
 
 from .link import RedisLink, Unavailable
-from .member import Cluster, instance_name
+from .member import Cluster, instance_name, same_redis
 
-__all__ = ["Cluster", "RedisLink", "Unavailable", "instance_name"]
+__all__ = ["Cluster", "RedisLink", "Unavailable", "instance_name", "same_redis"]

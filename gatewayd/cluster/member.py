@@ -34,6 +34,14 @@ def instance_name(supervised: bool) -> str:
     return f"{socket.gethostname()}:{os.getppid() if supervised else os.getpid()}"
 
 
+def same_redis(started: ClusterConfig | None, loaded: ClusterConfig | None) -> bool:
+    """Whether a reloaded `cluster` section asks for the Redis the process started with (or, like it,
+    for none): only `on_error` takes effect at a reload."""
+    if started is None or loaded is None:
+        return started is loaded
+    return replace(loaded, on_error=started.on_error) == started
+
+
 class Cluster:
     def __init__(self, config: ClusterConfig, observer, instance: str):
         self.config = config
@@ -57,9 +65,6 @@ class Cluster:
     def health(self) -> dict:
         return self.link.health()
 
-    def differs(self, config: ClusterConfig | None) -> bool:
-        """Whether a reloaded config asks for another Redis than the one this process started with."""
-        return config is None or replace(config, on_error=self.config.on_error) != self.config
 
     async def close(self) -> None:
         if self._tasks:

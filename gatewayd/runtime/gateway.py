@@ -15,7 +15,7 @@ import os
 
 from ..config.errors import ConfigError
 from ..config.load import load_bytes, read
-from ..cluster import Cluster, instance_name
+from ..cluster import Cluster, instance_name, same_redis
 from ..config.model import Config
 from ..dispatch.compile import compile_table
 from ..dispatch.table import Table
@@ -47,10 +47,11 @@ class Gateway:
 
     def _build(self, raw: bytes) -> tuple[Config, Table, dict[str, Upstream], list[Pool]]:
         config = load_bytes(raw, self.path)
-        if self.table is None and config.cluster is not None:  # the first config: `cluster` is read at start
-            self.cluster = self.status.cluster = Cluster(config.cluster, self.observer, instance_name(self._supervised))
-        elif self.cluster is not None and self.cluster.differs(config.cluster):
-            log.warning("the cluster section changed: it takes effect at the next start (still using %s)", self.cluster.link.safe_url)
+        if self.table is None:  # the first config: `cluster` is read at start
+            if config.cluster is not None:
+                self.cluster = self.status.cluster = Cluster(config.cluster, self.observer, instance_name(self._supervised))
+        elif not same_redis(self.cluster and self.cluster.config, config.cluster):
+            log.warning("the cluster section changed: its redis settings take effect at the next start")
         live, retired = self.registry.resolve(config.upstreams)
         kept = self.kept.generation()
         table = compile_table(config, live, self.status, self.observer, self.store, kept, self.cluster)
