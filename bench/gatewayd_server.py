@@ -45,12 +45,16 @@ def interpreter(command: str) -> str:
 
 
 def render(scenario_yaml: str, port: int, workers: int, tls_port: int | None = None,
-           cert: Path | None = None, key: Path | None = None, quic: bool = False, record: bool = True) -> str:
+           cert: Path | None = None, key: Path | None = None, quic: bool = False, record: bool = True,
+           engine: str | None = None) -> str:
     """The config: ``server`` (always with an explicit ``workers``, since its default, ``auto``,
     is one per core), then the scenario's YAML. ``tls_port`` adds an HTTPS listener (HTTP/2 or
     HTTP/1.1 by ALPN) and ``quic`` HTTP/3 on the same port number over UDP; ``record=False`` turns
-    the gateway's recording of requests off (``observability.record: false``), to see what it costs."""
+    the gateway's recording of requests off (``observability.record: false``), to see what it costs;
+    ``engine`` sets ``server.engine`` (else the gateway's default)."""
     head = ["version: 1", "server:", f'  listen: ["127.0.0.1:{port}"]', f"  workers: {workers}"]
+    if engine is not None:
+        head.append(f"  engine: {engine}")
     if tls_port is not None:
         head.append(f'  tls: {{listen: ["127.0.0.1:{tls_port}"], cert: "{cert}", key: "{key}"}}')
     if quic:

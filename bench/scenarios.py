@@ -54,6 +54,11 @@ server {
 }
 """
 
+# The same answer, which shared caches may keep for an hour.
+UPSTREAM_CACHEABLE = UPSTREAM_13_BYTES.replace(
+    "default_type application/json;", 'default_type application/json;\n        add_header Cache-Control "public, max-age=3600";'
+)
+
 
 # The gateway work of an API in front of its consumers, the same for gatewayd and nginx: an API key
 # looked up among known keys (401 otherwise), a rate limit per consumer set far above the load (so
@@ -188,6 +193,31 @@ routes:
   - {match: {path: "/v1/items/{id}", methods: [GET]}, policies: [keyed], upstream: items}
 """,
         nginx=NGINX_POLICIES + nginx_proxy(NGINX_KEYED, "proxy_set_header X-Consumer-Id $consumer;"),
+        expect_json={"id": "42"},
+    ),
+    Scenario(
+        name="cache",
+        description=(
+            "GET /v1/items/42 through an API key and a rate limit per consumer (far above the load), "
+            "answered from the response cache (the upstream's answer is public for an hour)"
+        ),
+        path="/v1/items/42",
+        headers={"Authorization": f"Bearer {API_KEY}"},
+        upstream_nginx=UPSTREAM_CACHEABLE,
+        gatewayd=GATEWAY_POLICIES + """
+  cached: {cache: {mode: standard}}
+upstreams:
+  items: {targets: ["http://127.0.0.1:@UPSTREAM_PORT@"]}
+routes:
+  - {match: {path: "/v1/items/{id}", methods: [GET]}, policies: [keyed, cached], upstream: items}
+""",
+        nginx=NGINX_POLICIES
+        + "proxy_cache_path cache levels=1:2 keys_zone=items:10m max_size=256m inactive=60m use_temp_path=off;\n"
+        + nginx_proxy(
+            NGINX_KEYED,
+            "proxy_set_header X-Consumer-Id $consumer;\n        proxy_cache items;\n"
+            "        proxy_cache_lock on;\n        add_header Cache-Status $upstream_cache_status;",
+        ),
         expect_json={"id": "42"},
     ),
 ]

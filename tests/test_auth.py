@@ -207,10 +207,13 @@ def test_check_reports_a_key_of_two_consumers_and_an_allow_that_is_no_id():
 
 
 def test_secrets_are_shown_by_no_command(tmp_path):
-    """`check` (a failing config), `routes` and `explain` never print a substituted key or secret."""
-    secrets = {"ACME_KEY": "acme-key-d0e8f3a1c2", "JWT_SECRET": "jwt-secret-7b6a5c4d3e2f1a0b", "SHORT": "sekrit"}
+    """`check` (a failing config), `routes` and `explain` never print a substituted key or secret,
+    nor a key given to `explain`."""
+    secrets = {"ACME_KEY": "acme-key-d0e8f3a1c2", "JWT_SECRET": "jwt-secret-7b6a5c4d3e2f1a0b", "SHORT": "sekrit",
+               "UP_TOKEN": "up-token-5e4d3c2b1a"}  # fmt: skip
     policies = {
-        "good": 'api_key: {keys: [{id: acme, key: "${ACME_KEY}"}]}\n  t:\n    jwt: {secret: "${JWT_SECRET}", issuer: "${JWT_SECRET}"}',
+        "good": 'api_key: {keys: [{id: acme, key: "${ACME_KEY}"}]}\n  t:\n    jwt: {secret: "${JWT_SECRET}", issuer: "${JWT_SECRET}"}'
+        '\n  h:\n    headers: {request: {set: {Authorization: "Bearer ${UP_TOKEN}"}}}',
         "twice": 'api_key: {keys: [{id: acme, key: "${ACME_KEY}"}, {id: ops, key: "${ACME_KEY}"}]}',
         "short": 'api_key: {keys: [{id: acme, key: "${SHORT}"}]}\n  t:\n    jwt: {secret: "${SHORT}"}',
     }
@@ -221,6 +224,7 @@ def test_secrets_are_shown_by_no_command(tmp_path):
     outputs = []
     for args in (["check", str(good)], ["routes", str(good)], ["routes", str(good), "--format", "json"],
                  ["explain", str(good), "GET", "/x", "-H", "X-API-Key: nothing"], ["check", str(twice)],
+                 ["explain", str(good), "GET", "/x", "-H", f"X-API-Key: {secrets['ACME_KEY']}", "--format", "json"],
                  ["check", str(short)], ["check", str(short), "--format", "json"], ["routes", str(twice)]):  # fmt: skip
         r = subprocess.run(
             [sys.executable, "-m", "gatewayd", *args],
@@ -232,7 +236,8 @@ def test_secrets_are_shown_by_no_command(tmp_path):
             timeout=60,
         )
         outputs.append(r.stdout + r.stderr)
-    assert "also stands for 'acme'" in outputs[4] and outputs[5].count("the substituted value") == 2
+    assert ": ok (" in outputs[0], outputs[0]
+    assert "also stands for 'acme'" in outputs[4] and outputs[6].count("the substituted value") == 2
     for out in outputs:
         for value in secrets.values():
             assert value not in out, out

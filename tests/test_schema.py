@@ -360,6 +360,7 @@ INVALID_VARIANTS = {
     "target with trailing slash": (_set(["upstreams", "items", "targets"], ["http://127.0.0.1:9001/"]), "pattern", ("upstreams", "items", "targets", 0)),
     "target without scheme": (_set(["upstreams", "items", "targets"], ["127.0.0.1:9001"]), "pattern", ("upstreams", "items", "targets", 0)),
     "target with other scheme": (_set(["upstreams", "items", "targets"], ["ftp://files"]), "pattern", ("upstreams", "items", "targets", 0)),
+    "target with user and password": (_set(["upstreams", "items", "targets"], ["http://bob:pw@127.0.0.1:9001"]), "pattern", ("upstreams", "items", "targets", 0)),
     "bad balance": (_set(["upstreams", "items", "balance"], "random"), "enum", ("upstreams", "items", "balance")),
     "zero max_connections": (_set(["upstreams", "items", "max_connections"], 0), "minimum", ("upstreams", "items", "max_connections")),
     "health without path": (_set(["upstreams", "items", "health"], {"interval": "5s"}), "required", ("upstreams", "items", "health")),

@@ -367,7 +367,7 @@ def run(spec, headers, messages, http_version="1.1", stages=None):
              "headers": [(n.lower().encode(), val.encode()) for n, val in headers]}  # fmt: skip
     ex = Exchange(scope, client.receive, client.send, 0, b"rid", False)
     ex.stages = stages
-    asyncio.run(wrap(upstream)(ex))
+    asyncio.run(wrap(upstream, None)(ex))
     return (*client.answer(), upstream.bodies, client)
 
 
@@ -455,7 +455,7 @@ def test_a_client_that_leaves_mid_body_gets_no_answer():
     upstream = Upstream()
     scope = {"type": "http", "method": "POST", "path": "/", "query_string": b"", "http_version": "1.1",
              "headers": [(b"content-type", b"application/json"), (b"transfer-encoding", b"chunked")]}  # fmt: skip
-    asyncio.run(wrap(upstream)(Exchange(scope, client.receive, client.send, 0, b"rid", False)))
+    asyncio.run(wrap(upstream, None)(Exchange(scope, client.receive, client.send, 0, b"rid", False)))
     assert client.sent == [] and upstream.bodies == []
 
 

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
-
-from . import commands
 
 SUBCOMMANDS = ("serve", "check", "routes", "explain", "schema")
 
@@ -49,9 +48,16 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     if args.command == "serve":
+        from ..server.supervisor import SIGNALS
+
+        # blocked before any import can start a thread (numpy starts its pool when imported): see
+        # supervisor.py. Commands are imported only after this, for the same reason.
+        signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
         from ..server.run import serve
 
         return serve(args.config, args.listen)
+    from . import commands
+
     return getattr(commands, args.command)(args)
 
 

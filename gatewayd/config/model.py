@@ -168,6 +168,21 @@ class RouteConfig:
 
 
 @dataclass(frozen=True)
+class CacheAdmin:
+    listen: Listen
+    key: str
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    l1_max: int = 256 << 20
+    l2_max: int = 1 << 30
+    max_object: int = 8 << 20
+    tag_header: str = "surrogate-key"
+    admin: CacheAdmin | None = None
+
+
+@dataclass(frozen=True)
 class Config:
     file: str
     sha256: str
@@ -177,6 +192,7 @@ class Config:
     policies: dict[str, dict]
     routes: tuple[RouteConfig, ...]
     marks: Marks = field(repr=False, compare=False)
+    cache: CacheConfig = CacheConfig()
     secret_paths: frozenset = field(repr=False, compare=False, default=frozenset())
     cluster: ClusterConfig | None = None  # None: the gateway stands alone
 
@@ -288,6 +304,18 @@ def _upstream(name: str, u: dict) -> UpstreamConfig:
     )  # fmt: skip
 
 
+def _cache(cache: dict) -> CacheConfig:
+    defaults = CacheConfig()
+    admin = cache.get("admin")
+    return CacheConfig(
+        l1_max=units.size(cache["l1_max"]) if "l1_max" in cache else defaults.l1_max,
+        l2_max=units.size(cache["l2_max"]) if "l2_max" in cache else defaults.l2_max,
+        max_object=units.size(cache["max_object"]) if "max_object" in cache else defaults.max_object,
+        tag_header=cache.get("tag_header", defaults.tag_header).lower(),
+        admin=None if admin is None else CacheAdmin(Listen.parse(admin["listen"]), admin["key"]),
+    )
+
+
 def build(data: dict, file: str, sha256: str, marks: Marks, secret_paths: frozenset, skip_routes=frozenset()) -> Config:
     """`skip_routes`: indexes of routes to leave out (they failed the schema; see salvage.py)."""
     server = data.get("server", {})
@@ -346,5 +374,6 @@ def build(data: dict, file: str, sha256: str, marks: Marks, secret_paths: frozen
         routes=tuple(routes),
         marks=marks,
         secret_paths=secret_paths,
+        cache=_cache(data.get("cache", {})),
         cluster=_cluster(data.get("cluster")),
     )

@@ -11,7 +11,7 @@ import os
 from ..config.model import Config
 from ..observe.endpoints import compile_latency, compile_metrics
 from ..policies import CompileContext, Effects, Reject, compile_policy, route_steps
-from ..policies.effects import CORS
+from ..policies.effects import CORS, RouteContext
 from ..policies.context import networks
 from ..routing import Router
 from ..runtime.kept import Generation
@@ -33,17 +33,20 @@ def _ignore(exchange) -> None:
 
 def compile_table(
     config: Config, upstreams: dict[str, Upstream], status: RuntimeStatus, observer=None,
-    store: HostStore | None = None, kept: Generation | None = None, cluster=None,
+    store: HostStore | None = None, kept: Generation | None = None, state_dir: str | None = None, cluster=None,
 ) -> Table:  # fmt: skip
     """`observer`: the process's `gatewayd.observe.Observer` when serving (None: nothing is recorded);
     `store` and `kept`: the host store and the policy state kept across reloads (None: private, fresh);
-    `cluster`: the process's `gatewayd.cluster.Cluster` when it shares state through Redis."""
+    `state_dir`: the host's state folder (the cache's shared tier lives there); `cluster`: the
+    process's `gatewayd.cluster.Cluster` when it shares state through Redis."""
     ctx = CompileContext(
         store=store if store is not None else MemoryStore(),
         kept=kept if kept is not None else Generation({}),
         base_dir=os.path.dirname(os.path.abspath(config.file)),
         trusted_proxies=networks(config.server.trusted_proxies),
         max_body_bytes=config.server.limits.max_body_bytes,
+        cache=config.cache,
+        state_dir=state_dir,
         cluster=cluster,
         on_error=config.cluster.on_error if config.cluster is not None else "fail_open",
     )
@@ -66,8 +69,10 @@ def compile_table(
                 max_body_bytes=config.server.limits.max_body_bytes,
             )  # fmt: skip
             target = r.spec
-        for wrap in reversed(effects.wraps):  # the first policy's wrapper is the outermost
-            action = wrap(action)
+        if effects.wraps:
+            context = _route_context(r, config, effects)
+            for wrap in reversed(effects.wraps):  # the first policy's wrapper is the outermost
+                action = wrap(action, context)
         if effects.preflight and "methods" in r.match and "OPTIONS" not in r.match["methods"]:
             # the route matches OPTIONS only for CORS preflights: any other OPTIONS gets the 405 it got before
             effects = effects.then(Effects(steps=((CORS, _options_not_allowed(r.match["methods"])),)))
@@ -87,6 +92,12 @@ def compile_table(
         max_body_bytes=config.server.limits.max_body_bytes,
         encoded_slash=config.server.encoded_slash,
     )
+
+
+def _route_context(r, config: Config, effects: Effects) -> RouteContext:
+    upstream = config.upstreams.get(r.spec) if r.action == "upstream" else None
+    fingerprint = repr((r.name, r.action, r.spec, upstream, r.rewrite, effects.request_headers, effects.response_headers))
+    return RouteContext(r.name, fingerprint, upstream.response_timeout if upstream is not None else 30.0)
 
 
 def _options_not_allowed(methods):

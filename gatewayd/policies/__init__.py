@@ -25,6 +25,7 @@ KINDS = {
     "jwt": "jwt_token",
     "rate_limit": "rate_limit",
     "validate": "validate",
+    "cache": "cache",
     "headers": "headers",
 }
 

@@ -7,6 +7,7 @@ import json
 import os
 from dataclasses import dataclass, field
 
+from ..config.model import CacheConfig
 from ..runtime.kept import Generation
 from ..store import HostStore, MemoryStore
 
@@ -18,6 +19,8 @@ class CompileContext:
     base_dir: str = "."  # the config file's folder: relative file names in policies are taken from it
     trusted_proxies: tuple = ()  # ipaddress networks whose X-Forwarded-For is believed
     max_body_bytes: int = 10 * 1024 * 1024  # server.limits.max_body_bytes: no body the gateway reads is larger
+    cache: CacheConfig = CacheConfig()  # the response cache's tiers
+    state_dir: str | None = None  # the host's state folder, shared by its workers (None: serving alone)
     cluster: object = None  # this gateway's `gatewayd.cluster.Cluster` (Redis), or None when it stands alone
     on_error: str = "fail_open"  # `cluster.on_error`: what a policy does when Redis fails, unless it says
 

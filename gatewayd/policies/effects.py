@@ -89,9 +89,18 @@ Step = Callable[[object, float], object]
 # of its kind, or the Reject for a credential it refuses. Several on one route: any one admits.
 Authenticator = Callable[[object, float], object]
 MISSING = object()
-# An action wrapper: wrap(action) -> action, for policies that need the request body or the response
-# (validation of a JSON body; the cache)
-Wrap = Callable[[Callable], Callable]
+# An action wrapper: wrap(action, route) -> action, for policies that need the request body or the
+# response (validation of a JSON body; the cache); `route` is the RouteContext of the route it wraps
+Wrap = Callable[[Callable, "RouteContext"], Callable]
+
+
+@dataclass(frozen=True, slots=True)
+class RouteContext:
+    """What a wrapper may know of the route it wraps."""
+
+    name: str
+    fingerprint: str  # everything that decides what the route's action answers, as text
+    timeout: float  # seconds the action may take to answer (its upstream's response timeout)
 
 
 @dataclass(frozen=True, slots=True)

@@ -403,7 +403,7 @@ def _wrapper(schema, allowed, max_body, server_bound, too_big, wrong_type, count
     framing, has_body, message_has_body = bodies.framing, bodies.has_body, bodies.message_has_body
     read, replay, whole = bodies.read, bodies.replay, bodies.whole
 
-    def wrap(action):
+    def wrap(action, route):
         async def validated(ex) -> None:
             scope = ex.scope
             ctype, length, chunked = framing(scope["headers"])

@@ -34,6 +34,7 @@ class Gateway:
         # the bytes of the last config that loaded, so a worker restarted while the file is broken
         # comes back on the config its siblings still serve (only when a supervisor gave a folder)
         self.last_good = os.path.join(state_dir, "last-good-config") if state_dir else None
+        self.state_dir = state_dir
         self._rejected_sha: str | None = None
         self.status = RuntimeStatus()
         self.observer = Observer(self.store, self.status)  # latency, metrics, access log
@@ -42,19 +43,18 @@ class Gateway:
         self.config: Config | None = None
         self.table: Table | None = None
         self.cluster: Cluster | None = None  # made from the first config's `cluster` section
-        self._supervised = state_dir is not None
         self._lock = asyncio.Lock()
 
     def _build(self, raw: bytes) -> tuple[Config, Table, dict[str, Upstream], list[Pool]]:
         config = load_bytes(raw, self.path)
         if self.table is None:  # the first config: `cluster` is read at start
             if config.cluster is not None:
-                self.cluster = self.status.cluster = Cluster(config.cluster, self.observer, instance_name(self._supervised))
+                self.cluster = self.status.cluster = Cluster(config.cluster, self.observer, instance_name(self.state_dir is not None))
         elif not same_redis(self.cluster and self.cluster.config, config.cluster):
             log.warning("the cluster section changed: its redis settings take effect at the next start")
         live, retired = self.registry.resolve(config.upstreams)
         kept = self.kept.generation()
-        table = compile_table(config, live, self.status, self.observer, self.store, kept, self.cluster)
+        table = compile_table(config, live, self.status, self.observer, self.store, kept, self.state_dir, self.cluster)
         table.kept = kept
         return config, table, live, retired
 

@@ -119,8 +119,9 @@ async def _serve(gateway: Gateway, listeners, server: ServerConfig, role: Worker
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_stop_signal)
     reload_on_sighup(gateway)
-    # a supervisor starts its workers with these blocked, so that one sent during start-up waits for
-    # the handlers above instead of killing the process; deliver any that are pending now
+    # `gatewayd serve` starts with these blocked (and a worker inherits them from its supervisor), so
+    # that one sent during start-up waits for the handlers above instead of killing the process;
+    # deliver any that are pending now
     signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
     watcher = asyncio.create_task(watch_file(gateway, stop))
     gateway.observer.start()  # fold (10/s, in slices) and publish (1/s) latency and metrics; write the access log

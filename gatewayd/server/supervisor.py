@@ -24,11 +24,18 @@ spawn context because:
 - the supervisor stays small and synchronous: it runs no event loop, engine or upstream client, so
   nothing of theirs can hang or crash it, and it needs no multiprocessing helper process (resource
   tracker) or pipes;
-- the workers' signal mask is under our control: the supervisor blocks SIGTERM, SIGINT, SIGHUP and
-  SIGCHLD and waits for them with `sigtimedwait`; a fork and exec keeps blocked signals blocked, so
-  a worker receives no signal until its own handlers are installed and it unblocks them
-  (`run._serve`). A SIGHUP or SIGTERM sent while a worker is still starting is delivered then,
-  instead of killing it with the default action.
+- the workers' signal mask is under our control: the supervisor blocks SIGTERM, SIGINT, SIGHUP,
+  SIGCHLD and SIGNAL_READY and waits for them with `sigtimedwait`; a fork and exec keeps blocked
+  signals blocked, so a worker receives no signal until its own handlers are installed and it
+  unblocks them (`run._serve`). A SIGHUP or SIGTERM sent while a worker is still starting is
+  delivered then, instead of killing it with the default action.
+
+The mask is per thread, and a thread inherits its creator's: a signal sent to the process goes to
+any thread that does not block it, and one that is not waiting for it takes the default action
+(SIGHUP and SIGTERM kill the process). So `gatewayd serve` blocks SIGNALS before it imports anything
+that can start a thread (`cli.main`; numpy starts its pool when it is imported), and every thread of
+the supervisor (and of a worker, until it unblocks them in its main thread) blocks them too; only
+the main thread, waiting in `sigtimedwait`, takes them.
 
 Workers ask the kernel for a SIGTERM when the supervisor dies (PR_SET_PDEATHSIG), so killing the
 supervisor with SIGKILL does not leave them serving. The state folder (`tempfile.mkdtemp`) is
@@ -151,10 +158,7 @@ class Supervisor:
 
     def run(self) -> int:
         """Start the workers and look after them until a stop signal (0) or a crash loop (1)."""
-        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
-        # threads started before the mask was set (numpy's) may take a readiness signal: harmless
-        # then, since the loop below reads the workers' marks whatever signal woke it
-        old_ready = signal.signal(SIGNAL_READY, lambda *_: None)
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)  # already, when started by `gatewayd serve`
         self.state_dir = tempfile.mkdtemp(prefix="gatewayd-")
         try:
             server = self.config.server
@@ -186,7 +190,6 @@ class Supervisor:
             while signal.sigtimedwait({SIGNAL_READY}, 0) is not None:
                 pass
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-            signal.signal(SIGNAL_READY, old_ready)
 
     # --- workers ----------------------------------------------------------------------------------
 

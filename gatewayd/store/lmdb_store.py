@@ -47,9 +47,9 @@ class LMDBStore:
     `put` raises `StoreFull` when the entries would take more than a `HEADROOM`th of `map_size`.
     """
 
-    def __init__(self, directory: str, *, map_size: int, clock=time.time):
+    def __init__(self, directory: str, *, map_size: int, clock=time.time, file_name: str = FILE_NAME):
         self._env = lmdb.open(
-            os.path.join(directory, FILE_NAME), map_size=map_size, subdir=False, max_dbs=3,
+            os.path.join(directory, file_name), map_size=map_size, subdir=False, max_dbs=3,
             sync=False, metasync=False, writemap=True, readahead=False,
         )
         self._kv = self._env.open_db(b"kv")
@@ -129,6 +129,19 @@ class LMDBStore:
                 out.append((granted, left))
             self._commit_used(txn, used)
         return out
+
+    def evict(self, nbytes: int) -> int:
+        """Free at least `nbytes` by deleting the entries that expire soonest, expired or not (for a
+        cache, whose entries all expire); the bytes freed."""
+        freed = 0
+        while freed < nbytes:
+            with self._env.begin(write=True) as txn:
+                purged, batch = self._purge(txn, 1 << 64, PURGE_BATCH)
+                txn.put(b"used", _U64.pack(self._used(txn) - batch), db=self._meta)
+            freed += batch
+            if purged < PURGE_BATCH:  # nothing left that expires
+                break
+        return freed
 
     def _used(self, txn) -> int:
         used = txn.get(b"used", db=self._meta)

@@ -96,10 +96,11 @@ def compile_proxy(
     drop_up = HOP_BY_HOP | _OWN | trace.HEADERS | request_edit.drop
     upstream_name = upstream.config.name
     extra_up = request_edit.extra
-    # Date and Server are the gateway's (or its engine's) to send, once (RFC 9110 6.6.1): see
-    # Exchange.start; an upstream's Alt-Svc names the upstream's own endpoints, which the gateway's
+    # Server is the gateway's (or its engine's) to send; the upstream's Date is passed on (RFC 9110
+    # 6.6.1: caches compute ages from it) and the gateway adds one only when it has none (see
+    # Exchange.start); an upstream's Alt-Svc names the upstream's own endpoints, which the gateway's
     # clients cannot use
-    drop_down = {n.decode() for n in HOP_BY_HOP | response_edit.drop} | {"date", "server", "alt-svc"}
+    drop_down = {n.decode() for n in HOP_BY_HOP | response_edit.drop} | {"server", "alt-svc"}
     extra_down = response_edit.extra
     dated = response_edit.keeps_date
     response_timeout = upstream.config.response_timeout
@@ -238,7 +239,7 @@ def compile_proxy(
                         if name not in drop
                     ]
                     out.extend(extra_down)
-                    await ex.start(response.status, out, dated)
+                    await ex.start(response.status, out, dated and "date" not in response.headers)
                     reader = response.body_reader
                     send = ex.send
                     ex.sent = 0

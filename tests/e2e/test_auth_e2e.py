@@ -1,7 +1,8 @@
 """API keys and JWTs through a real gatewayd on both engines: each answer (missing, unknown, forbidden,
 admitted) as a client sees it, the consumer the upstream sees, a route taking either credential,
-HTTP/2, refusals in /metrics, no secret in any log, and a JWKS URL served on loopback that stops
-answering (last good keys kept, /health says so, a reload keeps them)."""
+HTTP/2, refusals in /metrics, no secret in any log, answer, /health, /metrics or reload error, and a
+JWKS URL served on loopback that stops answering (last good keys kept, /health says so, a reload keeps
+them)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import uuid
 import httpx
 import jwt
 import pytest
-from conftest import HOST, free_port
+from conftest import HOST, free_port, write_atomically
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from identity import JwksServer, public_jwk
@@ -25,6 +26,8 @@ ACME_KEY = f"acme-{uuid.uuid4().hex}"  # given to the gateway as ${GW_TEST_ACME_
 OPS_KEY = f"ops-{uuid.uuid4().hex}"  # in the config only as its sha256
 GUEST_KEY = f"guest-{uuid.uuid4().hex}"  # a known key whose consumer `allow` leaves out
 ENV_VAR = "GW_TEST_ACME_KEY"
+UPSTREAM_TOKEN = f"uptoken-{uuid.uuid4().hex}"  # sent to the upstream by a headers policy, from ${GW_TEST_UPSTREAM_TOKEN}
+TOKEN_VAR = "GW_TEST_UPSTREAM_TOKEN"
 ISSUER = "https://id.test"
 CHALLENGE = 'Bearer realm="gatewayd"'
 INVALID = 'Bearer realm="gatewayd", error="invalid_token"'
@@ -53,6 +56,10 @@ policies:
       audience: api
       leeway: 5s
       allow: [alice, bob]
+  upstream-token:
+    headers:
+      request:
+        set: {{X-Upstream-Token: "${{{token_env}}}"}}
 routes:
   - name: keyed
     match: {{path_prefix: /keyed}}
@@ -65,6 +72,10 @@ routes:
   - name: either
     match: {{path_prefix: /either}}
     policies: [tokens, keys]
+    upstream: echo
+  - name: tokened
+    match: {{path_prefix: /tokened}}
+    policies: [keys, upstream-token]
     upstream: echo
 """
 
@@ -101,13 +112,13 @@ def paths(engine, tmp_path_factory, idp):
 def gw(gatewayd_module, upstream, paths):
     config = CONFIG.format(
         log=paths["log"], echo=upstream("echo").url, env=ENV_VAR, ops_sha256=hashlib.sha256(OPS_KEY.encode()).hexdigest(),
-        guest=GUEST_KEY, jwks=paths["jwks"], issuer=ISSUER,
+        guest=GUEST_KEY, jwks=paths["jwks"], issuer=ISSUER, token_env=TOKEN_VAR,
     )  # fmt: skip
-    os.environ[ENV_VAR] = ACME_KEY  # the gateway process inherits it
+    os.environ[ENV_VAR], os.environ[TOKEN_VAR] = ACME_KEY, UPSTREAM_TOKEN  # the gateway process inherits them
     try:
         return gatewayd_module(config)
     finally:
-        del os.environ[ENV_VAR]
+        del os.environ[ENV_VAR], os.environ[TOKEN_VAR]
 
 
 @pytest.fixture
@@ -240,12 +251,12 @@ def test_refusals_are_counted_by_policy_and_reason(client, gw, idp):
     assert grown() == want
 
 
-def test_no_key_or_token_reaches_a_log_health_or_metrics(client, gw, idp, paths):
+def test_no_key_or_token_reaches_a_log_an_answer_health_or_metrics(client, gw, idp, paths):
     token, denied = idp.token(), idp.token(sub="carol")
-    secrets = [ACME_KEY, OPS_KEY, GUEST_KEY, token, denied, "no-such-key-002"]
+    secrets = [ACME_KEY, OPS_KEY, GUEST_KEY, UPSTREAM_TOKEN, token, denied, "no-such-key-002"]
     # what a key's digest would look like too: the gateway has no business printing it
     secrets += [hashlib.sha256(s.encode()).hexdigest() for s in (ACME_KEY, GUEST_KEY)]
-    ids = []
+    ids, answers = [], []
     for path, headers, params in (
         ("/keyed/x", {"X-API-Key": ACME_KEY}, {}),
         ("/keyed/x", {"Authorization": f"Bearer {OPS_KEY}"}, {}),
@@ -255,21 +266,38 @@ def test_no_key_or_token_reaches_a_log_health_or_metrics(client, gw, idp, paths)
         ("/token/x", {"Authorization": f"Bearer {token}"}, {}),
         ("/token/x", {"Authorization": f"Bearer {denied}"}, {}),
         ("/either/x", {"Authorization": f"Bearer {token[:-4]}AAAA"}, {}),
+        ("/tokened/x", {"X-API-Key": ACME_KEY}, {}),
+        ("/tokened/x", {"X-API-Key": GUEST_KEY}, {}),
+        ("/tokened/x", {}, {}),
     ):
         ids.append(f"secret-check-{len(ids)}-{gw.engine}")
-        client.get(path, headers={**headers, "X-Request-Id": ids[-1]}, params=params)
+        answers.append(client.get(path, headers={**headers, "X-Request-Id": ids[-1]}, params=params))
     log = paths["log"]
     lines = wait_for(lambda: log.exists() and (ls := [json.loads(l) for l in log.read_text().splitlines()])
                      and set(ids) <= {l["request_id"] for l in ls} and ls, "the access log lines", gw)  # fmt: skip
     by_id = {l["request_id"]: l for l in lines}
-    assert [by_id[i]["consumer"] for i in ids] == ["acme", "ops", "acme", None, None, "alice", None, None]
-    assert [by_id[i]["status"] for i in ids] == [200, 200, 200, 403, 401, 200, 403, 401]
+    assert [by_id[i]["consumer"] for i in ids] == ["acme", "ops", "acme", None, None, "alice", None, None, "acme", None, None]
+    assert [by_id[i]["status"] for i in ids] == [200, 200, 200, 403, 401, 200, 403, 401, 200, 403, 401]
+    assert answers[8].json()["headers"]["x-upstream-token"] == UPSTREAM_TOKEN  # the upstream gets it
+    # a reload rejected because of a substituted value: the error names the place, not the value
+    served = gw.config_path.read_text()
+    broken = served.replace('echo: {targets: ["', f'echo: {{targets: ["${{{TOKEN_VAR}}}", "', 1)
+    assert broken != served
+    write_atomically(gw.config_path, broken)
+    error = wait_for(lambda: gw.health()["last_reload_error"], "the rejected reload", gw)
+    assert "upstreams.echo.targets[0]: the substituted value is not valid" in error
     seen = {
         "stderr": gw.log(),
         "access log": log.read_text(),
         "/health": client.get("/health").text,
         "/metrics": client.get("/metrics").text,
     }
+    # the gateway's own answers (the admitted ones are the echo upstream's, showing what it received)
+    for i, r in enumerate(answers):
+        if r.status_code != 200:
+            seen[f"answer {i}"] = "".join(f"{k}: {v}\n" for k, v in r.headers.items()) + r.text
+    write_atomically(gw.config_path, served)
+    wait_for(lambda: gw.health()["last_reload_error"] is None, "the served config back in its file", gw)
     for where, text in seen.items():
         for secret in secrets:
             assert secret not in text, f"a secret in {where}"

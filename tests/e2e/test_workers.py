@@ -466,6 +466,28 @@ def test_killing_the_supervisor_stops_its_workers(supervised):
     shutil.rmtree(re.search(r"state folder (\S+)\)", gw.log()).group(1), ignore_errors=True)
 
 
+def blocked_signals(pid: int, tid: int) -> set[signal.Signals]:
+    """The signals thread `tid` of process `pid` blocks (SigBlk in /proc; a thread waiting in
+    sigtimedwait shows the signals it waits for as unblocked)."""
+    mask = int(re.search(r"^SigBlk:\s*([0-9a-f]+)", Path(f"/proc/{pid}/task/{tid}/status").read_text(), re.MULTILINE).group(1), 16)
+    return {s for s in signal.Signals if mask >> (s - 1) & 1}
+
+
+def test_every_thread_of_the_supervisor_but_its_main_one_blocks_the_signals_it_handles(supervised, monkeypatch):
+    """A signal sent to a process goes to any of its threads that does not block it, and a thread
+    not waiting for it takes the default action: a SIGHUP (reload) or SIGTERM taken by numpy's
+    thread pool, started when numpy is imported, would kill the supervisor. Every thread other than
+    the main one must block them all (the main one takes them in sigtimedwait)."""
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")  # numpy's pool has a thread whatever the core count
+    gw = supervised(value_config(1))
+    workers_by_index(gw)
+    pid = gw.proc.pid
+    others = [int(tid) for tid in os.listdir(f"/proc/{pid}/task") if int(tid) != pid]
+    assert others, "the supervisor has no thread but its main one: nothing to check"
+    handled = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1}
+    assert {tid: handled - blocked_signals(pid, tid) for tid in others} == {tid: set() for tid in others}
+
+
 # --- cpu pinning ----------------------------------------------------------------------------------
 
 
