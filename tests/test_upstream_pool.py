@@ -48,14 +48,13 @@ def test_a_retired_pool_closes_when_its_last_request_is_done():
     live, _ = registry.resolve({"up": BASE})
     pool = live["up"].pool
     pool.acquire()
-    client = pool.client
     pool.retire()
-    assert pool.client is client, "kept while a request uses it"
+    assert not pool.h1.closing, "kept while a request uses it"
     pool.acquire()
     pool.release()
-    assert pool._client is client
+    assert not pool.h1.closing
     pool.release()
-    assert pool._client is None, "dropped (which closes its connections) with the last release"
+    assert pool.h1.closing, "closed (its idle connections, and each busy one when it comes back) with the last release"
 
 
 def test_an_idle_pool_closes_when_retired():
@@ -63,10 +62,9 @@ def test_an_idle_pool_closes_when_retired():
     live, _ = registry.resolve({"up": BASE})
     pool = live["up"].pool
     pool.acquire()
-    pool.client
     pool.release()
     pool.retire()
-    assert pool._client is None
+    assert pool.h1.closing
 
 
 def test_only_targets_in_service_are_in_the_metrics():

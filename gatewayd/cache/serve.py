@@ -20,6 +20,7 @@ from random import random
 from time import time
 from urllib.parse import urlsplit
 
+from ..dispatch.exchange import Cut
 from . import admission
 from .admission import Rules
 from .capture import Capture
@@ -262,7 +263,12 @@ def compile_cached(action, tiers, ns: bytes, rules: Rules, beta: float | None, p
             return True
 
         cap = Capture(_upstream_scope(scope, stale), client, keep, rules.max_object, cache_status, consumer, request_id)
-        await action(cap)
+        try:
+            await action(cap)
+        except Cut:  # the upstream's answer broke off: the action logged it
+            if cap.passing and client is not None:
+                raise  # the client's response had started: it is cut off too
+            cap.failure = (502, "upstream_unavailable", "the upstream's answer broke off", ())
         if client is not None:
             cap.report_to(client)
         now = time()

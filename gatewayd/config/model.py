@@ -148,7 +148,7 @@ class UpstreamConfig:
     targets: tuple[str, ...]
     balance: str
     connect_timeout: float
-    response_timeout: float  # from sending the request to the response headers, all tries together
+    response_timeout: float  # from the request's end (body included) to the response headers, all tries together
     max_connections: int
     outlier: OutlierConfig = OutlierConfig()
     health: HealthCheckConfig | None = None  # None: no active checks

@@ -51,6 +51,13 @@ def new_request_id() -> bytes:
     return b"%s%010x" % (_RID_PREFIX, next(_rid_counter))
 
 
+class Cut(Exception):
+    """Raised by an action whose response cannot be completed once it has started (the upstream's
+    answer broke off mid-body): the engine then ends the response as broken (an HTTP/1.1 connection
+    is closed, an HTTP/2 or 3 stream reset), so that no client takes a truncated body for a whole
+    one. The action has logged why: it passes through the dispatch table without a traceback."""
+
+
 class Exchange:
     __slots__ = (
         "scope", "receive", "send", "t0", "request_id", "params", "timing", "started", "route_name",

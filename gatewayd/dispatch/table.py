@@ -14,7 +14,7 @@ import logging
 from time import perf_counter_ns, time
 
 from ..routing import Found, MethodNotAllowed
-from .exchange import Exchange, new_request_id
+from .exchange import Cut, Exchange, new_request_id
 from .refusals import BROKEN_BODY, compile_refusals, read_head
 
 log = logging.getLogger("gatewayd.dispatch")
@@ -86,6 +86,8 @@ class Table:
                 allow = ", ".join(result.allow).encode()
                 return await ex.error(405, "method_not_allowed", f"{method} is not allowed here", ((b"allow", allow),))
             return await ex.not_found()
+        except Cut:
+            raise
         except Exception:
             log.exception("request %s failed in route %r", request_id.decode("latin-1"), ex.route_name)
             if not ex.started:

@@ -11,22 +11,31 @@ import os
 from ssl import SSLError
 
 import h11
+import h2.errors
+import h2.exceptions
 import hypercorn.asyncio.run
 import hypercorn.protocol
 from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.asyncio.tcp_server import MAX_RECV, TCPServer
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.events import Closed, RawData, Updated
+from hypercorn.protocol.events import StreamClosed
 from hypercorn.protocol.h2 import H2Protocol
 from hypercorn.protocol.h11 import H11Protocol
 
 from ..config.model import Listen, ServerConfig
-from ..dispatch.exchange import JSON_TYPE, STANDING_HEADERS, error_body, http_date, new_request_id
+from ..dispatch.exchange import JSON_TYPE, STANDING_HEADERS, Cut, error_body, http_date, new_request_id
 from ..dispatch.refusals import refused_head
 from .h1_strict import StrictConnection
 from .sockets import BACKLOG, bind, fastopen_wanted
 
 log = logging.getLogger("gatewayd")
+
+
+def _not_a_cut(record: logging.LogRecord) -> bool:
+    """A response cut off on purpose (dispatch.exchange.Cut) was logged by whoever cut it: Hypercorn
+    ends it as broken, and its traceback would say nothing more."""
+    return not (record.exc_info and isinstance(record.exc_info[1], Cut))
 
 
 class GatewayConfig(HypercornConfig):
@@ -37,6 +46,7 @@ class GatewayConfig(HypercornConfig):
 
     accesslog = None
     errorlog = logging.getLogger("gatewayd.hypercorn")
+    errorlog.addFilter(_not_a_cut)
     include_date_header = False
     include_server_header = False
     header_read_timeout: float = 30.0  # read by _TCPServer
@@ -64,6 +74,25 @@ class _H11Protocol(H11Protocol):
         await self._send_h11_event(h11.Response(status_code=status_code, headers=headers))
         await self._send_h11_event(h11.Data(data=body))
         await self._send_h11_event(h11.EndOfMessage())
+
+
+class _H2Protocol(H2Protocol):
+    """Hypercorn's HTTP/2, plus: a stream whose response the app left unfinished (it raised once the
+    response had started, as the proxy does with `Cut`) is reset, as Granian does, where Hypercorn
+    would leave it open and its client waiting until the connection ends."""
+
+    async def stream_send(self, event) -> None:
+        if isinstance(event, StreamClosed):
+            buffer = self.stream_buffers.get(event.stream_id)
+            if buffer is not None and not buffer._complete:  # (`complete` also waits for the buffer to drain)
+                try:
+                    self.connection.reset_stream(event.stream_id, error_code=h2.errors.ErrorCodes.INTERNAL_ERROR)
+                except h2.exceptions.ProtocolError:
+                    pass  # the stream or the connection is over already
+                else:
+                    await self._flush()
+                await buffer.close()
+        await super().stream_send(event)
 
 
 class _TCPServer(TCPServer):
@@ -207,6 +236,7 @@ async def serve(
         config.keep_alive_timeout = limits.header_read_timeout
     hypercorn.asyncio.run.TCPServer = _TCPServer  # what Hypercorn's accept callback instantiates
     hypercorn.protocol.H11Protocol = _H11Protocol  # what its protocol wrapper instantiates for HTTP/1.1
+    hypercorn.protocol.H2Protocol = _H2Protocol  # ... and for HTTP/2
     config.graceful_timeout = server.shutdown_timeout
     await hypercorn_serve(_draining(app), config, shutdown_trigger=stop.wait, mode="asgi")
 

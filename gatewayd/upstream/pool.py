@@ -1,28 +1,24 @@
 """Upstreams and their pooled keep-alive connections, kept across reloads.
 
-The HTTP client is pyreqwest (Rust's reqwest): `bench/upstream_clients.py` measured it on a 2-core
-machine at 0.32 of nginx's proxy rate against aiohttp's 0.19 and httpx's 0.013, with streamed bodies,
-connect timeouts and HTTP/1.1 keep-alive pooling.
+The HTTP client is gatewayd's own HTTP/1.1 client (h1_pool.py, h1_connection.py), for `http://`
+and `https://` targets alike.
 
-One `Pool` (one client) per upstream, defined by the settings a client is built with (connect
-timeout, connection limit): a reload that changes anything else of an upstream (its targets, its
-response timeout, its balancing) gets a new `Upstream` on the same pool, so warm connections stay
-and the upstream never sees two pools' connections for one. A pool that no config uses any more is
-closed as soon as its last request is done: its client is dropped, which closes its connections
-(pyreqwest's `close()` only cancels requests in flight, and there are none then).
+One `Pool` (one set of connections) per upstream, defined by the settings its connections are
+opened with (connect timeout, connection limit): a reload that changes anything else of an upstream
+(its targets, its response timeout, its balancing) gets a new `Upstream` on the same pool, so warm
+connections stay and the upstream never sees two pools' connections for one. A pool that no config
+uses any more is closed as soon as its last request is done.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import timedelta
-
-from pyreqwest.client import ClientBuilder
 
 from ..config.model import UpstreamConfig
 from . import probe
 from .balance import BALANCERS
+from .h1_pool import H1Pool, endpoint
 from .health import Settings
 from .retry import Retries
 from .targets import Rotation, Target
@@ -36,37 +32,17 @@ def pool_key(config: UpstreamConfig) -> tuple:
 
 
 class Pool:
-    """One upstream's pyreqwest client, built on first use, inside the serving loop (checks and
-    `explain` never open connections). `acquire`/`release` around every use, so that a retired
-    pool is closed exactly when its last request is done."""
+    """One upstream's connections (`h1`, an H1Pool). `acquire`/`release` around every use, so that
+    a retired pool is closed exactly when its last request is done."""
 
-    __slots__ = ("key", "active", "retired", "_client")
+    __slots__ = ("key", "active", "retired", "h1")
 
     def __init__(self, config: UpstreamConfig):
         self.key = pool_key(config)
-        self.active = 0  # requests (and health checks) using the client
+        self.active = 0  # requests (and health checks) using the connections
         self.retired = False
-        self._client = None
-
-    @property
-    def client(self):
-        if self._client is None:
-            connect_timeout, max_connections = self.key
-            self._client = (
-                ClientBuilder()
-                .follow_redirects(False)
-                .gzip(False)
-                .brotli(False)
-                .zstd(False)
-                .deflate(False)
-                .tcp_nodelay(True)
-                .connect_timeout(timedelta(seconds=connect_timeout))
-                .max_connections(max_connections)
-                .pool_max_idle_per_host(max_connections)
-                .pool_idle_timeout(timedelta(seconds=60))
-                .build()
-            )
-        return self._client
+        connect_timeout, max_connections = self.key
+        self.h1 = H1Pool(max_connections, connect_timeout)
 
     def acquire(self) -> None:
         self.active += 1
@@ -74,29 +50,26 @@ class Pool:
     def release(self) -> None:
         self.active -= 1
         if self.retired and not self.active:
-            self._drop()
+            self.h1.close()
 
     def retire(self) -> None:
         """No config uses this pool any more: close it now if idle, else when its last request is done.
-        (A request that took the old table just before the swap may still `acquire` it; it gets a
-        client again, which its `release` closes.)"""
+        (A request that took the old table just before the swap may still `acquire` it; its
+        connection is closed when it is put back.)"""
         self.retired = True
         if not self.active:
-            self._drop()
-
-    def _drop(self) -> None:
-        self._client = None
+            self.h1.close()
 
 
 class Upstream:
     """One config generation's view of an upstream: its settings, targets (with their state, which
     outlives the generation) and balancer, on a pool that may be shared with the generations before it."""
 
-    __slots__ = ("config", "targets", "rotation", "pool", "retries")
+    __slots__ = ("config", "endpoints", "rotation", "pool", "retries")
 
     def __init__(self, config: UpstreamConfig, pool: Pool | None = None, members: tuple[Target, ...] | None = None):
         self.config = config
-        self.targets = tuple(t.rstrip("/").encode() for t in config.targets)
+        self.endpoints = tuple(endpoint(t) for t in config.targets)
         if members is None:
             members = tuple(Target(config.name, t) for t in config.targets)
         h = config.health
@@ -104,9 +77,9 @@ class Upstream:
             settings = Settings(h.healthy_threshold, h.unhealthy_threshold, config.slow_start)
         else:
             settings = Settings(slow_start=config.slow_start)
-        self.rotation = Rotation(members, BALANCERS[config.balance](len(self.targets)), config.outlier, settings)
+        self.rotation = Rotation(members, BALANCERS[config.balance](len(self.endpoints)), config.outlier, settings)
         self.pool = pool if pool is not None else Pool(config)
-        self.retries = Retries(config.name, config.retries, len(self.targets)) if config.retries.attempts > 1 else None
+        self.retries = Retries(config.name, config.retries, len(self.endpoints)) if config.retries.attempts > 1 else None
 
     def probe_key(self) -> tuple | None:
         """What its health checks depend on (None: it has none): equal keys, one task across reloads."""

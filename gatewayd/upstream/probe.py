@@ -12,25 +12,31 @@ import asyncio
 import logging
 from time import monotonic
 
-from pyreqwest.exceptions import PyreqwestError
+from .errors import UpstreamError
+from .h1_connection import DONE, request_head
 
 log = logging.getLogger("gatewayd.upstream")
 
-_HEADERS = [("user-agent", "gatewayd-health-check")]
+_FIELDS = b"user-agent: gatewayd-health-check\r\n"
 
 
-async def check(pool, url: str, timeout: float) -> bool:
-    """Whether `url` answers 2xx or 3xx, body and all, within `timeout` seconds."""
+async def check(pool, ep, path: bytes, timeout: float) -> bool:
+    """Whether `path` on the target `ep` answers 2xx or 3xx, body and all, within `timeout` seconds."""
     pool.acquire()
+    conn = None
     try:
         async with asyncio.timeout(timeout):
-            async with pool.client.request("GET", url).headers(_HEADERS).build_streamed() as response:
-                while await response.body_reader.read_chunk() is not None:
-                    pass
-                return 200 <= response.status < 400
-    except (TimeoutError, PyreqwestError):
+            head = request_head(b"GET", path, ep.authority, _FIELDS)
+            conn = await pool.h1.request(ep, head, False, None, False, timeout, True)
+            while conn.state != DONE:
+                await conn.more()
+                conn.take()
+            return 200 <= conn.status < 400
+    except (TimeoutError, UpstreamError):
         return False
     finally:
+        if conn is not None:
+            pool.h1.put(conn)
         pool.release()
 
 
@@ -38,12 +44,12 @@ async def run(upstream) -> None:
     """Check `upstream`'s targets every interval until cancelled."""
     spec = upstream.config.health
     rotation, pool = upstream.rotation, upstream.pool
-    urls = [t.decode() + spec.path for t in upstream.targets]
+    path = spec.path.encode()
     loop = asyncio.get_running_loop()
     due = loop.time()
     while True:
         try:
-            results = await asyncio.gather(*(check(pool, url, spec.timeout) for url in urls))
+            results = await asyncio.gather(*(check(pool, ep, path, spec.timeout) for ep in upstream.endpoints))
             now = monotonic()
             for target, ok in zip(rotation.members, results):
                 target.check(ok, now, rotation)

@@ -4,25 +4,28 @@ Bodies are streamed both ways (never buffered whole). Hop-by-hop headers (RFC 91
 Connection and the fields it names, Keep-Alive, Proxy-Connection, TE, Trailer, Transfer-Encoding,
 Upgrade) are not forwarded in either direction; X-Forwarded-For/-Proto/-Host, Via and X-Request-Id
 are added. Failures before the response starts become JSON errors: no connection 502, a connect or
-response timeout 504. The target is the upstream's rotation's pick (targets.py), and the outcome
-is reported back to it, so that a failing target leaves rotation (breaker.py); a request that
-failed before its response may be tried again on another target (retry.py).
+response timeout 504 (errors.py); a response that fails after it started is cut off (see `Cut`),
+with one line in the log. The target is the upstream's rotation's pick (targets.py), and the
+outcome is reported back to it, so that a failing target leaves rotation (breaker.py); a request
+that failed before its response may be tried again on another target (retry.py).
+
+The request goes out through the upstream's pool (h1_pool.py); its head is written here, in one
+piece, from the client's header list in one pass.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from time import monotonic, perf_counter_ns
 from urllib.parse import quote
 
-from pyreqwest.exceptions import ConnectTimeoutError, PyreqwestError, RequestTimeoutError
-
-from ..dispatch.exchange import in_early_data
+from ..dispatch.exchange import Cut, in_early_data
 from ..dispatch.refusals import body_too_large
 from ..observe import trace
 from ..policies import HeaderEdit
 from .breaker import CANCEL, FAILURE, SUCCESS
+from .errors import TIMEOUT, UpstreamError
+from .h1_connection import DONE, request_head
 from .pool import Upstream
 from .retry import IDEMPOTENT
 
@@ -75,13 +78,6 @@ async def _body(receive, limit: int, first: dict | None = None):
 _PATH_SAFE = "/!$&'()*+,;=:@-._~"  # RFC 3986 pchar and "/": kept as they are when a path is re-encoded
 
 
-def _reason(exc: PyreqwestError) -> str:
-    """The innermost cause pyreqwest reports ("Connection refused (os error 111)"), for the log."""
-    details = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], dict) else {}
-    causes = details.get("causes") or []
-    return causes[-1].get("message", str(exc)) if causes else str(exc.args[0] if exc.args else exc)
-
-
 def _connection_tokens(value: bytes) -> frozenset[bytes]:
     return frozenset(t.strip().lower() for t in value.split(b",") if t.strip())
 
@@ -95,19 +91,20 @@ def compile_proxy(
     add = rewrite.get("add_prefix", "").encode()
     drop_up = HOP_BY_HOP | _OWN | trace.HEADERS | request_edit.drop
     upstream_name = upstream.config.name
-    extra_up = request_edit.extra
+    extra_up = b"".join(b"%s: %s\r\n" % pair for pair in request_edit.extra)
     # Server is the gateway's (or its engine's) to send; the upstream's Date is passed on (RFC 9110
     # 6.6.1: caches compute ages from it) and the gateway adds one only when it has none (see
     # Exchange.start); an upstream's Alt-Svc names the upstream's own endpoints, which the gateway's
     # clients cannot use
-    drop_down = {n.decode() for n in HOP_BY_HOP | response_edit.drop} | {"server", "alt-svc"}
+    drop_down = HOP_BY_HOP | response_edit.drop | {b"server", b"alt-svc"}
     extra_down = response_edit.extra
     dated = response_edit.keeps_date
     response_timeout = upstream.config.response_timeout
     too_large = body_too_large(max_body_bytes)
     rotation = upstream.rotation
-    targets = upstream.targets
+    endpoints = upstream.endpoints
     pool = upstream.pool
+    h1 = pool.h1
     retries = upstream.retries  # None: retries off
     per_try = upstream.config.retries.per_try_timeout
     retry_timeout = per_try if per_try is not None else response_timeout
@@ -121,9 +118,12 @@ def compile_proxy(
         if not path.startswith(b"/"):  # what follows the target's host:port must start the path
             path = b"/" + path
         qs = scope["query_string"]
+        target = add + path + b"?" + qs if qs else add + path
+        method = scope["method"]
         headers = []
         forwarded_for = host = connection = traceparent = tracestate = None
         has_body = None  # unknown until Content-Length or Transfer-Encoding says
+        chunked = True  # the body's framing upstream: chunked unless the client sent Content-Length
         for name, value in scope["headers"]:
             if name in drop_up:
                 if name == b"x-forwarded-for":
@@ -141,7 +141,8 @@ def compile_proxy(
                 continue
             if name == b"content-length":
                 has_body = value != b"0"
-            headers.append((name.decode("latin-1"), value.decode("latin-1")))
+                chunked = False
+            headers.append((name, value))
         first = None
         if has_body is None:
             has_body = False
@@ -151,31 +152,43 @@ def compile_proxy(
                     return
                 has_body = bool(first.get("body") or first.get("more_body"))
         if connection is not None:
-            named = {t.decode("latin-1") for t in _connection_tokens(connection)}
+            named = _connection_tokens(connection)
             headers = [h for h in headers if h[0] not in named]
         client = scope.get("client")
-        ip = client[0] if client else "unknown"
-        headers.append(("x-forwarded-for", f"{forwarded_for.decode('latin-1')}, {ip}" if forwarded_for else ip))
-        headers.append(("x-forwarded-proto", scope.get("scheme", "http")))
-        if host is not None:
-            headers.append(("x-forwarded-host", host.decode("latin-1")))
-        headers.append(("via", f"{scope.get('http_version', '1.1')} gatewayd"))
-        headers.append(("x-request-id", ex.request_id.decode("latin-1")))
-        traceparent, tracestate, ex.trace_id, ex.span_id = trace.forward(traceparent, tracestate)
-        headers.append(("traceparent", traceparent))
-        if tracestate:
-            headers.append(("tracestate", tracestate))
+        ip = client[0].encode() if client else b"unknown"
+        trace_up, state_up, ex.trace_id, ex.span_id = trace.forward(traceparent, tracestate)
+        fields = [
+            b"%s: %s\r\n" % pair for pair in headers
+        ]
+        fields.append(
+            b"x-forwarded-for: %s\r\nx-forwarded-proto: %s\r\n%svia: %s gatewayd\r\nx-request-id: %s\r\n"
+            b"traceparent: %s\r\n" % (
+                forwarded_for + b", " + ip if forwarded_for else ip,
+                scope.get("scheme", "http").encode(),
+                b"x-forwarded-host: %s\r\n" % host if host is not None else b"",
+                scope.get("http_version", "1.1").encode(),
+                ex.request_id,
+                trace_up.encode(),
+            )
+        )  # fmt: skip
+        if state_up:
+            fields.append(b"tracestate: %s\r\n" % state_up.encode("latin-1"))
         if in_early_data(scope):
-            headers.append(("early-data", "1"))  # RFC 8470 section 5.1
+            fields.append(b"early-data: 1\r\n")  # RFC 8470 section 5.1
         if ex.consumer is not None:
-            headers.append(("x-consumer-id", ex.consumer))
-        for name, value in extra_up:
-            headers.append((name.decode("latin-1"), value.decode("latin-1")))
+            fields.append(b"x-consumer-id: %s\r\n" % ex.consumer.encode("latin-1"))
+        if has_body and chunked:
+            fields.append(b"transfer-encoding: chunked\r\n")
+        fields.append(extra_up)
+        fields = b"".join(fields)
+        method_bytes = method.encode()
+        head_only = method == "HEAD"
 
         # the target is the rotation's pick; each try's outcome goes back to it (breaker.py), and a
         # try that failed before any response is made again on another target when retry.py says so
         ex.upstream, ex.upstream_ns, ex.upstream_error = upstream_name, None, None
-        retryable = retries is not None and not has_body and scope["method"] in IDEMPOTENT
+        idempotent = not has_body and method in IDEMPOTENT
+        retryable = retries is not None and idempotent
         if retries is not None:
             now = monotonic()
             retries.budget.request(now)
@@ -186,74 +199,96 @@ def compile_proxy(
         while True:
             i = rotation.pick(tried)
             tried |= 1 << i
+            ep = endpoints[i]
             pool.acquire()
             outcome = CANCEL  # this try's event for the breaker, until known
+            conn = None
             try:
-                url = targets[i] + add + path + (b"?" + qs if qs else b"")
-                builder = pool.client.request(scope["method"], url.decode("latin-1")).headers(headers)
-                if has_body:
-                    builder = builder.body_stream(_body(ex.receive, max_body_bytes, first))
-                request = builder.build_streamed()
+                head = request_head(method_bytes, target, ep.authority, fields)
+                body = _body(ex.receive, max_body_bytes, first) if has_body else None
                 error = None
                 try:
-                    async with asyncio.timeout(timeout):
-                        response = await request.__aenter__()
-                except BodyTooLarge:  # raised through pyreqwest from _body, unwrapped
+                    conn = await h1.request(ep, head, head_only, body, chunked, timeout, idempotent)
+                    if conn.error is not None and not conn.body:  # it broke off before the client's response began
+                        raise conn.error
+                except BodyTooLarge:
                     return await too_large.send(ex)
                 except ClientDisconnected:
                     return
-                except (TimeoutError, RequestTimeoutError) as exc:
-                    error = "timeout"
-                    kind = "connect" if isinstance(exc, ConnectTimeoutError) else "response"
-                    log.warning("upstream %s (%s): %s timeout", upstream_name, targets[i].decode(), kind)
-                except PyreqwestError as exc:
-                    if isinstance(exc.__cause__, ClientDisconnected) or "ClientDisconnected" in str(exc):
-                        return
-                    if isinstance(exc.__cause__, BodyTooLarge) or "BodyTooLarge" in str(exc):
-                        return await too_large.send(ex)
-                    error = "unavailable"
-                    log.warning("upstream %s (%s): %s", upstream_name, targets[i].decode(), _reason(exc))
-                failed = error is not None or response.status in GATEWAY_ERRORS
+                except UpstreamError as exc:
+                    error = exc.kind
+                    log.warning("upstream %s (%s): %s", upstream_name, ep.url, exc)
+                failed = error is not None or conn.status in GATEWAY_ERRORS
                 rotation.report(i, FAILURE if failed else SUCCESS)
                 outcome = None  # reported
                 if failed and retryable and retries.again(tried, now := monotonic(), deadline):
-                    if error is None:
-                        await request.__aexit__(None, None, None)  # the failed answer is dropped
                     timeout = min(retry_timeout, deadline - now)
-                    continue
+                    continue  # (the failed answer, if any, is dropped with its connection)
                 if error is not None:
                     ex.upstream_error = error
-                    if error == "timeout":
+                    if error == TIMEOUT:
                         return await ex.error(504, "upstream_timeout", f"upstream {upstream_name!r} did not answer in time")
                     return await ex.error(502, "upstream_unavailable", f"upstream {upstream_name!r} could not be reached")
                 ex.upstream_ns = perf_counter_ns() - sent_at
-                try:
-                    drop = drop_down
-                    if (connection := response.headers.get("connection")) is not None:  # and the fields it names
-                        drop = drop_down | {t.decode("latin-1") for t in _connection_tokens(connection.encode("latin-1"))}
-                    if "transfer-encoding" in response.headers:  # a Content-Length beside it is not the body's (RFC 9112 6.3)
-                        drop = drop | {"content-length"}
-                    out = [
-                        (name.encode("latin-1"), value.encode("latin-1"))
-                        for name, value in response.headers.items()
-                        if name not in drop
-                    ]
-                    out.extend(extra_down)
-                    await ex.start(response.status, out, dated and "date" not in response.headers)
-                    reader = response.body_reader
-                    send = ex.send
-                    ex.sent = 0
-                    while (chunk := await reader.read_chunk()) is not None:
-                        ex.sent += len(chunk)
-                        await send({"type": "http.response.body", "body": bytes(chunk), "more_body": True})
-                    await send({"type": "http.response.body", "body": b"", "more_body": False})
-                    return
-                finally:
-                    await request.__aexit__(None, None, None)
+                headers, has_date = _response_headers(conn.headers, drop_down, extra_down)
+                await ex.start(conn.status, headers, dated and not has_date)
+                send = ex.send
+                if conn.state == DONE:  # the whole body came with the head: one message
+                    data = conn.take()
+                    ex.sent = len(data)
+                    return await send({"type": "http.response.body", "body": data})
+                ex.sent = 0
+                while True:
+                    try:
+                        await conn.more()
+                    except (UpstreamError, BodyTooLarge, ClientDisconnected) as exc:
+                        log.warning("upstream %s (%s): response cut off after %d bytes: %s",
+                                    upstream_name, ep.url, ex.sent, exc or type(exc).__name__)
+                        raise Cut() from None
+                    data = conn.take()
+                    ex.sent += len(data)
+                    if conn.state == DONE:
+                        return await send({"type": "http.response.body", "body": data})
+                    await send({"type": "http.response.body", "body": data, "more_body": True})
             finally:
+                if conn is not None:
+                    h1.put(conn)
                 if outcome is not None:
                     rotation.report(i, outcome)
                 rotation.done(i)
                 pool.release()
 
     return proxy
+
+
+def _response_headers(received: list, drop: frozenset, extra) -> tuple[list, bool]:
+    """The upstream's response headers as the client gets them: less the hop-by-hop ones (and the
+    fields its Connection names), `drop` and a Content-Length beside Transfer-Encoding (which is
+    not the body's, RFC 9112 section 6.3); plus `extra`. And whether they have a Date."""
+    out = []
+    reshape = None
+    has_date = False
+    for pair in received:
+        name = pair[0]
+        if name in drop:
+            if name == b"connection" or name == b"transfer-encoding":
+                reshape = (reshape or []) + [pair]
+            continue
+        if name == b"date":
+            has_date = True
+        out.append(pair)
+    if reshape is not None:
+        named = set()
+        for name, value in reshape:
+            if name == b"transfer-encoding":
+                named.add(b"content-length")
+            elif value.lower() not in _PLAIN_CONNECTION:
+                named |= _connection_tokens(value)
+        if named:
+            out = [pair for pair in out if pair[0] not in named]
+    out.extend(extra)
+    return out, has_date
+
+
+# Connection values that name no other field: nothing more to drop
+_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close"})

@@ -1997,7 +1997,9 @@ def test_rfc5861_4_stale_if_error_serves_stale_on_error(client, origin, path):
         else:
             checks.check(r.status_code == 200 and r.content == b"good body", f"{name}: {show(r)} / {saw(origin, p)}")
             checks.check(age(r) is not None and age(r) >= 1, f"{name}: a stale response has its Age: {show(r)}")
-        checks.check(origin.count(p) == 2, f"{name}: the cache tried the origin: {saw(origin, p)}")
+        # (a dropped kept-alive connection is the one case the upstream client sends a GET again, on a new one)
+        tries = (2, 3) if name == "down" else (2,)
+        checks.check(origin.count(p) in tries, f"{name}: the cache tried the origin: {saw(origin, p)}")
     checks.done()
 
 

@@ -59,8 +59,8 @@ def sample() -> dict:
 def test_check_ok(sample):
     out = gatewayd("check", SAMPLE)
     assert out.returncode == 0, out.stderr
-    assert (len(sample["routes"]), len(sample["upstreams"]), len(sample["policies"])) == (5, 1, 4)
-    assert out.stdout.strip() == f"{SAMPLE}: ok (5 routes, 1 upstream, 4 policies)"
+    assert (len(sample["routes"]), len(sample["upstreams"]), len(sample["policies"])) == (6, 1, 5)
+    assert out.stdout.strip() == f"{SAMPLE}: ok (6 routes, 1 upstream, 5 policies)"
 
 
 def test_check_ok_counts_in_words(tmp_path):

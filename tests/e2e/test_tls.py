@@ -323,3 +323,32 @@ def test_reload_with_an_unreadable_key_keeps_serving(gatewayd, upstream, certs, 
     assert health["generation"] == before["generation"]
     version, body = curl_version_and_body("--http2", "--cacert", str(gw.cafile), f"{gw.https}/")
     assert version == "2" and json.loads(body) == {"ok": True}
+
+
+HTTPS_UPSTREAM = """
+version: 1
+upstreams:
+  secure: {{targets: ["https://{host}:{port}"], retries: {{attempts: 1}}}}
+routes:
+  - match: {{path_prefix: /}}
+    upstream: secure
+"""
+
+
+def test_an_https_upstream_is_verified(gatewayd, upstream, certs, monkeypatch):
+    """A gateway proxies to an `https://` target (here another gateway's TLS listener) over verified
+    TLS: with the target's CA among those it trusts (`SSL_CERT_FILE`), requests and their bodies go
+    through; without, the certificate is refused and the answer is 502."""
+    back = start_tls_gateway(gatewayd, certs, upstream("a").url)
+    monkeypatch.setenv("SSL_CERT_FILE", str(back.cafile))
+    trusting = gatewayd(HTTPS_UPSTREAM.format(host=HOST, port=back.tls_port))
+    monkeypatch.delenv("SSL_CERT_FILE")
+    distrusting = gatewayd(HTTPS_UPSTREAM.format(host=HOST, port=back.tls_port))
+    with httpx.Client(timeout=CLIENT_TIMEOUT_S) as client:
+        r = client.get(f"{trusting.url}/")
+        assert r.status_code == 200 and r.json() == {"ok": True}, r.text
+        echoed = client.post(f"{trusting.url}/api/echo", content=b"x" * 100_000)
+        assert echoed.status_code == 200 and echoed.content == b"x" * 100_000
+        refused = client.get(f"{distrusting.url}/")
+        assert refused.status_code == 502 and refused.json()["error"] == "upstream_unavailable", refused.text
+    assert "certificate verify failed" in distrusting.log()
