@@ -20,6 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from redisproc import RedisServer
 
 ROOT = Path(__file__).resolve().parents[1]
 UPSTREAM_SCRIPT = ROOT / "examples" / "upstream.py"
@@ -302,3 +303,22 @@ def _subdir(base: Path, name: str) -> Path:
     d = base / name
     d.mkdir()
     return d
+
+
+# --- redis ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """Factory: `redis_server()` starts a real redis-server on a free port (tests/redisproc.py),
+    stopped at teardown."""
+    started: list[RedisServer] = []
+
+    def start(*extra: str) -> RedisServer:
+        server = RedisServer(tmp_path / f"redis{len(started)}", *extra).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()

@@ -17,7 +17,7 @@ from gatewayd.config.load import load_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 # the golden cases, and the shipped configs: those must load, and examples/rejected.yaml fails as it says
-CASES = sorted((ROOT / "tests" / "golden").glob("*.yaml")) + sorted((ROOT / "examples").glob("*.yaml")) + [
+CASES = sorted((ROOT / "tests" / "golden").glob("*.yaml")) + sorted((ROOT / "examples").glob("**/*.yaml")) + [
     ROOT / "configs" / "gateway.yaml"
 ]
 ENVIRON = {"GOLDEN_SET_URL": "http://127.0.0.1:9009"}

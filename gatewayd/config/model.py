@@ -101,6 +101,17 @@ class ObservabilityConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    """`cluster`: the Redis that several gateways share (gatewayd/cluster/), read at start."""
+
+    url: str  # redis://, rediss:// or unix://
+    timeout: float = 0.05  # seconds: the longest wait for one answer from Redis
+    pool: int = 16  # connections per worker process
+    mode: str = "single"  # "single" | "cluster" (Redis Cluster)
+    on_error: str = "fail_open"  # what rate limits do without Redis, unless a policy says: "fail_open" | "fail_closed"
+
+
+@dataclass(frozen=True, slots=True)
 class OutlierConfig:
     """Passive ejection (gatewayd/upstream/breaker.py): a target that fails `consecutive_failures`
     requests in a row (0: never) is out of rotation for `ejection_time` seconds."""
@@ -183,6 +194,7 @@ class Config:
     marks: Marks = field(repr=False, compare=False)
     cache: CacheConfig = CacheConfig()
     secret_paths: frozenset = field(repr=False, compare=False, default=frozenset())
+    cluster: ClusterConfig | None = None  # None: the gateway stands alone
 
 
 ACTIONS = ("respond", "redirect", "upstream")
@@ -196,6 +208,19 @@ def _quic(server: dict) -> QuicConfig | None:
         listen=tuple(Listen.parse(s) for s in quic.get("listen", server["tls"]["listen"])),  # `quic` requires `tls`
         early_data="off" if quic.get("early_data") is False else quic.get("early_data", "safe_methods"),
         alt_svc_max_age=units.seconds(quic.get("alt_svc_max_age", "24h")),
+    )
+
+
+def _cluster(cluster: dict | None) -> ClusterConfig | None:
+    if cluster is None:
+        return None
+    redis = cluster["redis"]
+    return ClusterConfig(
+        url=redis["url"],
+        timeout=units.seconds(redis.get("timeout", "50ms")),
+        pool=redis.get("pool", 16),
+        mode=redis.get("mode", "single"),
+        on_error=cluster.get("on_error", "fail_open"),
     )
 
 
@@ -350,4 +375,5 @@ def build(data: dict, file: str, sha256: str, marks: Marks, secret_paths: frozen
         marks=marks,
         secret_paths=secret_paths,
         cache=_cache(data.get("cache", {})),
+        cluster=_cluster(data.get("cluster")),
     )

@@ -8,7 +8,7 @@ nor invent another problem:
 - a broken upstream is replaced by a valid stand-in, and a broken policy is left out with its name
   kept (`load` adds it back as an empty bundle), so routes that name them still resolve; the policy is
   not replaced because a stand-in would have to be valid for every policy kind the schema has;
-- in `server` and `observability`, unknown keys are dropped, and any other broken key is dropped as
+- in `server`, `observability` and `cluster`, unknown keys are dropped, and any other broken key is dropped as
   a whole (its default applies), up to the whole section.
 """
 
@@ -19,7 +19,7 @@ import copy
 from .source import Path
 from .validate import invalid_nodes
 
-SECTIONS = ("server", "observability", "upstreams", "policies", "routes")
+SECTIONS = ("server", "observability", "cluster", "upstreams", "policies", "routes")
 _STAND_IN_UPSTREAM = {"targets": ["http://invalid.invalid"]}
 _STAND_IN_ROUTE = {"match": {"path": "/"}, "respond": {}}  # holds a left-out route's place while validating
 _ROUNDS = 10  # each round takes out whole nodes, a level up at most from the last: more than the schema's depth
@@ -50,7 +50,7 @@ def salvage(data: object) -> tuple[dict, frozenset[int], frozenset[str]] | None:
             elif keys and isinstance(node := _node(rest, path), dict):  # unknown keys, or invalid names
                 for key in keys:
                     node.pop(key, None)
-            elif section in ("server", "observability"):
+            elif section in ("server", "observability", "cluster"):
                 _drop(rest, path)
             else:
                 return None

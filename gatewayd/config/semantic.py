@@ -7,6 +7,7 @@ import os
 import re
 import ssl
 
+from ..cluster.link import url_problems
 from ..dispatch.actions.redirect import placeholders
 from ..dispatch.specs import route_spec
 from ..observe.otel import available as otel_available
@@ -72,6 +73,7 @@ def check(config: Config) -> list[Problem]:
     problems += _upstream_problems(config)
     problems += _policy_problems(config)
     problems += _engine_header_problems(config)
+    problems += _cluster_problems(config)
     if config.observability.otel is not None and not otel_available():
         problems.append(Problem(at(("observability", "otel"), key=True), "OpenTelemetry export needs packages that are not installed: pip install 'gatewayd[otel]'"))
     return problems
@@ -100,6 +102,23 @@ def _policy_problems(config: Config) -> list[Problem]:
                 problems.append(Problem(at(("routes", r.index, "policies", j)), (
                     f"policy {name!r} limits per consumer, but no policy of this route authenticates one (api_key or jwt)"
                 )))  # fmt: skip
+    return problems
+
+
+def _cluster_problems(config: Config) -> list[Problem]:
+    """The Redis URL and timeout of `cluster`, and a rate limit's `on_error` without one."""
+    at = config.marks.at
+    cluster = config.cluster
+    problems = []
+    if cluster is None:
+        for name, spec in config.policies.items():
+            if "on_error" in (spec.get("rate_limit") or {}):
+                where = at(("policies", name, "rate_limit", "on_error"), key=True)
+                problems.append(Problem(where, "on_error applies only to gateways that share limits: add a top-level `cluster` section, or remove it"))
+        return problems
+    problems += [Problem(at(("cluster", "redis", "url")), message) for message in url_problems(cluster.url, cluster.mode)]
+    if cluster.timeout <= 0:
+        problems.append(Problem(at(("cluster", "redis", "timeout")), "timeout must be more than 0s"))
     return problems
 
 

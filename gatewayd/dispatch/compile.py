@@ -33,11 +33,12 @@ def _ignore(exchange) -> None:
 
 def compile_table(
     config: Config, upstreams: dict[str, Upstream], status: RuntimeStatus, observer=None,
-    store: HostStore | None = None, kept: Generation | None = None, state_dir: str | None = None,
+    store: HostStore | None = None, kept: Generation | None = None, state_dir: str | None = None, cluster=None,
 ) -> Table:  # fmt: skip
     """`observer`: the process's `gatewayd.observe.Observer` when serving (None: nothing is recorded);
     `store` and `kept`: the host store and the policy state kept across reloads (None: private, fresh);
-    `state_dir`: the host's state folder (the cache's shared tier lives there)."""
+    `state_dir`: the host's state folder (the cache's shared tier lives there); `cluster`: the
+    process's `gatewayd.cluster.Cluster` when it shares state through Redis."""
     ctx = CompileContext(
         store=store if store is not None else MemoryStore(),
         kept=kept if kept is not None else Generation({}),
@@ -46,6 +47,8 @@ def compile_table(
         max_body_bytes=config.server.limits.max_body_bytes,
         cache=config.cache,
         state_dir=state_dir,
+        cluster=cluster,
+        on_error=config.cluster.on_error if config.cluster is not None else "fail_open",
     )
     policies = {name: compile_policy(name, spec, ctx) for name, spec in config.policies.items()}
     compiled = []
@@ -80,7 +83,7 @@ def compile_table(
     return Table(
         router=Router(specs),
         routes=tuple(compiled),
-        endpoints=_endpoints(config, status, observer, ctx.kept, upstreams),
+        endpoints=_endpoints(config, status, observer, ctx.kept, upstreams, cluster),
         record=observer.record if observer is not None and config.observability.record else _ignore,
         server_timing=config.observability.server_timing,
         detailed_timing=config.observability.server_timing_detailed,
@@ -107,7 +110,7 @@ def _options_not_allowed(methods):
     return step
 
 
-def _endpoints(config: Config, status: RuntimeStatus, observer, kept: Generation, upstreams: dict) -> dict:
+def _endpoints(config: Config, status: RuntimeStatus, observer, kept: Generation, upstreams: dict, cluster=None) -> dict:
     """Path -> action of the gateway's own endpoints that are enabled."""
     obs = config.observability
     endpoints = {}
@@ -116,7 +119,7 @@ def _endpoints(config: Config, status: RuntimeStatus, observer, kept: Generation
     if observer is not None:
         local_only = obs.endpoints_access == "local"
         if obs.latency_path:
-            endpoints[obs.latency_path] = compile_latency(observer, local_only)
+            endpoints[obs.latency_path] = compile_latency(observer, local_only, cluster and cluster.sketches)
         if obs.metrics_path:
             endpoints[obs.metrics_path] = compile_metrics(observer, local_only)
     return endpoints

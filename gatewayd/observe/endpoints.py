@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 
+from ..cluster.link import Unavailable
 from ..dispatch.exchange import JSON_TYPE
 from . import latency, metrics
 from .latency_page import PAGE
@@ -54,13 +55,25 @@ def latency_document(observer) -> dict:
     return {**latency.report(merged, workers=len(docs)), "recording": observer.recording}
 
 
-def compile_latency(observer, local_only: bool):
+def compile_latency(observer, local_only: bool, cluster=None):
+    """`cluster`: the `gatewayd.cluster.sketches.Sketches` of a gateway that shares them, which
+    answer `?scope=cluster` (503 while Redis does not answer)."""
     page = PAGE.encode()
 
     async def latency_action(ex) -> None:
-        if wants_html(ex.scope["headers"]) and b"format=json" not in ex.scope.get("query_string", b""):
+        query = ex.scope.get("query_string", b"")
+        if wants_html(ex.scope["headers"]) and b"format=json" not in query:
             return await ex.respond(200, [_HTML, _NO_STORE, (b"content-length", b"%d" % len(page))], page)
-        body = json.dumps(latency_document(observer), separators=(",", ":")).encode()
+        if b"scope=cluster" in query:
+            if cluster is None:
+                return await ex.error(404, "not_in_a_cluster", "this gateway shares no state with others (no `cluster` section)")
+            try:
+                document = await cluster.document()
+            except Unavailable:
+                return await ex.error(503, "cluster_unavailable", "redis, where the gateways publish their figures, does not answer")
+        else:
+            document = latency_document(observer)
+        body = json.dumps(document, separators=(",", ":")).encode()
         await ex.respond(200, [JSON_TYPE, _NO_STORE, (b"content-length", b"%d" % len(body))], body)
 
     return _guard(latency_action, local_only)

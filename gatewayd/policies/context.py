@@ -21,6 +21,8 @@ class CompileContext:
     max_body_bytes: int = 10 * 1024 * 1024  # server.limits.max_body_bytes: no body the gateway reads is larger
     cache: CacheConfig = CacheConfig()  # the response cache's tiers
     state_dir: str | None = None  # the host's state folder, shared by its workers (None: serving alone)
+    cluster: object = None  # this gateway's `gatewayd.cluster.Cluster` (Redis), or None when it stands alone
+    on_error: str = "fail_open"  # `cluster.on_error`: what a policy does when Redis fails, unless it says
 
     def path(self, name: str) -> str:
         """A file named in a policy, as an absolute path."""

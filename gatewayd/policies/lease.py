@@ -84,10 +84,15 @@ class Leaser:
                     timer.cancel()
                 continue
             try:
-                self.flush(self.clock())
+                await self.lease()
             except Exception:  # a bug: log it, and keep the other leases going
                 log.exception("leasing rate-limit tokens failed")
             await asyncio.sleep(self.gap)
+
+    async def lease(self) -> None:
+        """Settle every share that asked: here from the host store, at once (`flush`); the cluster's
+        leaser (gatewayd/cluster/buckets.py) asks Redis instead."""
+        self.flush(self.clock())
 
     def due(self, now: float) -> float | None:
         """Ask again for the owing shares whose next token is due by `now`; the seconds until the
@@ -102,22 +107,41 @@ class Leaser:
 
     def flush(self, now: float) -> int:
         """Settle every share that asked, in one draw per store; returns how many."""
-        batch, self.queue = self.queue, []
-        by_store: dict = {}
-        for share, limiter in batch:
-            if not limiter.closed:
-                by_store.setdefault(id(limiter.store), (limiter.store, []))[1].append((share, limiter))
-        for store, entries in by_store.values():
-            asks = [want(share, limiter.budget, now) for share, limiter in entries]
-            items = [
-                (share.key, asked, limiter.budget.rate, limiter.budget.host_capacity)
-                for (share, limiter), asked in zip(entries, asks)
-            ]  # fmt: skip
-            for (share, limiter), asked, (granted, left) in zip(entries, asks, self._draw(store, items)):
-                settle(share, limiter.budget, asked, granted, left, now)
-                if share.credit < 0 and granted < asked:
-                    heapq.heappush(self.owing, (share.dry_until, next(self._order), share, limiter))
+        batch = self.take()
+        self.draw_from_stores(batch, now)
         return len(batch)
+
+    def draw_from_stores(self, batch: list, now: float) -> None:
+        """Settle (share, limiter) pairs from their limiters' stores, one draw per store."""
+        by_store: dict = {}
+        for entry in batch:
+            store = entry[1].store
+            by_store.setdefault(id(store), (store, []))[1].append(entry)
+        for store, entries in by_store.values():
+            asks, items = self.items(entries, now)
+            self.apply(entries, asks, self._draw(store, items), now)
+
+    def take(self) -> list:
+        """The (share, limiter) that asked since the last batch, but those of closed limiters."""
+        batch, self.queue = self.queue, []
+        return [entry for entry in batch if not entry[1].closed]
+
+    @staticmethod
+    def items(entries: list, now: float) -> tuple[list[int], list[tuple[bytes, int, float, float]]]:
+        """The tokens each share asks for, and the `draw` items that ask them."""
+        asks = [want(share, limiter.budget, now) for share, limiter in entries]
+        items = [
+            (share.key, asked, limiter.budget.rate, limiter.budget.host_capacity)
+            for (share, limiter), asked in zip(entries, asks)
+        ]  # fmt: skip
+        return asks, items
+
+    def apply(self, entries: list, asks: list[int], answers: list[tuple[int, float]], now: float) -> None:
+        """Give each share its answer; a share left owing is leased for again when its next token is due."""
+        for (share, limiter), asked, (granted, left) in zip(entries, asks, answers):
+            settle(share, limiter.budget, asked, granted, left, now)
+            if share.credit < 0 and granted < asked:
+                heapq.heappush(self.owing, (share.dry_until, next(self._order), share, limiter))
 
     def _draw(self, store, items) -> list[tuple[int, float]]:
         if not self.failing:

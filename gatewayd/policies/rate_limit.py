@@ -11,6 +11,9 @@ the keys that ran low at once, in one store operation. So the limit holds for th
 1; W workers at most limit×T/per + B + W×(B + S), with B = max(burst, 1) + S - 1, the extra bucket-
 fulls only for a burst sprayed over several workers within a millisecond, and owed; a steady
 overload admits limit×T/per + max(burst, 1) give or take a few slices (measured: `bench/ratelimit.py`).
+With a `cluster` section the buckets are in Redis and every worker of every gateway leases from
+them (`gatewayd/cluster/buckets.py`): the same step, the same bound with W the workers of all the
+gateways; `on_error` says what a limit does while Redis does not answer.
 
 Over the limit: `429` with the JSON error `rate_limited`, `Retry-After` (whole seconds, rounded
 up, until the worker may admit again). Every answer carries the fields of the IETF draft "RateLimit
@@ -71,7 +74,14 @@ def problems(spec: dict, ctx) -> list[tuple[tuple, str]]:
 
 
 def compile_policy(spec: dict, ctx, name: str) -> Effects:
-    limiter = ctx.keep(name, "rate_limit", spec, lambda: Limiter(name, spec, ctx.store))
+    cluster = ctx.cluster
+    if cluster is None:
+        limiter = ctx.keep(name, "rate_limit", spec, lambda: Limiter(name, spec, ctx.store))
+    else:  # leased from Redis; kept while its definition and its `on_error` (maybe the cluster's) are unchanged
+        on_error = spec.get("on_error", ctx.on_error)
+        limiter = ctx.keep(name, "rate_limit", {**spec, "on_error": on_error}, lambda: Limiter(
+            name, spec, ctx.store, leaser=cluster.leaser, on_error=on_error, link=cluster.link, cold_full=False
+        ))  # fmt: skip
     key_of = key_function(spec.get("key", "client_ip"), ctx.trusted_proxies)
     return Effects(steps=((RATE_LIMIT, rate_limit_step(limiter, key_of, REJECTED.labels(name))),))
 
@@ -94,8 +104,10 @@ def rate_limit_step(limiter: Limiter, key_of, rejected):
             r = share.credit + int(share.host_left)
             ex.add_headers(shown[r] if 0 <= r <= top else shown[0 if r < 0 else top])
             return None
-        rejected.inc()
-        return refuse(share, now)
+        answer = refuse(share, now)
+        if answer.status == 429:
+            rejected.inc()
+        return answer
 
     return step
 
@@ -137,15 +149,37 @@ def header_value(name: bytes):
 
 
 def spec_digest(spec: dict) -> str:
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+    """What names a policy's buckets in the store: its budget and key (not `on_error`, which changes
+    what happens without the store)."""
+    budget = {k: v for k, v in spec.items() if k != "on_error"}
+    return hashlib.sha256(json.dumps(budget, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def fail_closed(admit, link):
+    """`admit` for a limit that fails closed: while `link` (Redis) is down, a share admits only
+    from the tokens it holds, and owes nothing."""
+
+    def admit_closed(share: Share, now: float) -> bool:
+        if share.credit <= 0 and not link.up:
+            share.seen = now
+            return False
+        return admit(share, now)
+
+    return admit_closed
 
 
 class Limiter:
     """One rate-limit policy's state in a worker, kept across reloads while its definition is unchanged."""
 
     def __init__(
-        self, name: str, spec: dict, store, leaser=LEASER, max_keys: int = MAX_KEYS, trust_belief: bool = True
-    ):
+        self, name: str, spec: dict, store, leaser=LEASER, max_keys: int = MAX_KEYS, trust_belief: bool = True,
+        on_error: str = "fail_open", link=None, cold_full: bool = True,
+    ):  # fmt: skip
+        """`store`: the host store (where a cluster's limit fails open to); `leaser`: the host's, or
+        a cluster's (gatewayd/cluster/buckets.py), which asks Redis through `link`. `cold_full`: a
+        share of a key new to this worker believes the bucket full until its first lease says what
+        it holds; in a cluster it believes it empty (a slice of debt at most), since the first
+        requests of a new key (an attacker's, say) reach every gateway at once."""
         per = seconds(spec["per"])
         self.name = name
         self.budget = budget = Budget.of(spec["limit"], per, spec.get("burst", 0))
@@ -156,6 +190,16 @@ class Limiter:
         self.shares: OrderedDict[object, Share] = OrderedDict()  # oldest first: O(1) at both ends
         self.closed = False
         self.admit = admitter(budget, self._ask, trust_belief)
+        self.on_error = on_error
+        self.cold_left = budget.capacity if cold_full else 0.0  # what a new share believes the bucket holds
+        self.closed_on = link if on_error == "fail_closed" else None  # its 503s while Redis is down
+        if self.closed_on is not None:
+            self.admit = fail_closed(self.admit, link)
+            self.unavailable = Reject(
+                503, "rate_limit_unavailable",
+                f"rate limit {name!r} cannot decide: the store it shares with other gateways does not answer",
+                ((b"retry-after", b"1"),),
+            )  # fmt: skip
         quoted = f'"{name}"'.encode()
         window = max(1, math.ceil(per - 1e-9))
         quota = spec["limit"] if window == per else math.floor(spec["limit"] * window / per + 1e-9)
@@ -187,7 +231,7 @@ class Limiter:
             self.tidy(now)
             while len(shares) >= self.max_keys:
                 shares.popitem(last=False)
-        share = shares[value] = Share(self.host_key(value), now, self.budget.capacity)
+        share = shares[value] = Share(self.host_key(value), now, self.cold_left)
         return share
 
     def tidy(self, now: float, steps: int = TIDY_STEPS) -> None:
@@ -207,6 +251,8 @@ class Limiter:
             shares.move_to_end(value)
 
     def refuse(self, share: Share, now: float) -> Reject:
+        if self.closed_on is not None and not self.closed_on.up and share.credit <= 0:
+            return self.unavailable
         wait = share.dry_until - now
         after = max(1, math.ceil(wait - 1e-9)) if wait > 0 else self.token_s
         refusal = self._refusals.get(after)

@@ -15,6 +15,7 @@ import os
 
 from ..config.errors import ConfigError
 from ..config.load import load_bytes, read
+from ..cluster import Cluster, instance_name, same_redis
 from ..config.model import Config
 from ..dispatch.compile import compile_table
 from ..dispatch.table import Table
@@ -41,13 +42,19 @@ class Gateway:
         self.kept = Kept()  # policy state (rate-limit budgets, verified tokens) kept across reloads
         self.config: Config | None = None
         self.table: Table | None = None
+        self.cluster: Cluster | None = None  # made from the first config's `cluster` section
         self._lock = asyncio.Lock()
 
     def _build(self, raw: bytes) -> tuple[Config, Table, dict[str, Upstream], list[Pool]]:
         config = load_bytes(raw, self.path)
+        if self.table is None:  # the first config: `cluster` is read at start
+            if config.cluster is not None:
+                self.cluster = self.status.cluster = Cluster(config.cluster, self.observer, instance_name(self.state_dir is not None))
+        elif not same_redis(self.cluster and self.cluster.config, config.cluster):
+            log.warning("the cluster section changed: its redis settings take effect at the next start")
         live, retired = self.registry.resolve(config.upstreams)
         kept = self.kept.generation()
-        table = compile_table(config, live, self.status, self.observer, self.store, kept, self.state_dir)
+        table = compile_table(config, live, self.status, self.observer, self.store, kept, self.state_dir, self.cluster)
         table.kept = kept
         return config, table, live, retired
 
@@ -113,6 +120,8 @@ class Gateway:
     def run(self) -> None:
         """Called on the serving loop once it runs: start the background work of the loaded config
         (policy state, upstream health checks)."""
+        if self.cluster is not None:
+            self.cluster.start()  # before the policies', whose leases go through it
         self.kept.run()
         self.registry.run()
 
@@ -120,6 +129,8 @@ class Gateway:
         self.kept.close()
         await self.observer.close()
         self.registry.close()
+        if self.cluster is not None:
+            await self.cluster.close()
 
 
 def _write_atomically(path: str, data: bytes) -> None:

@@ -17,6 +17,7 @@ class RuntimeStatus:
     started_monotonic: float = field(default_factory=time.monotonic)
     worker: int = 0  # this process's index among the host's worker processes (0 when it serves alone)
     ready: bool = True  # False in a worker until every worker of its host serves its first config
+    cluster: object = None  # the process's `gatewayd.cluster.Cluster`, whose Redis /health shows
 
     def loaded(self, sha256: str) -> None:
         self.generation += 1
@@ -37,4 +38,4 @@ class RuntimeStatus:
             "uptime_s": round(time.monotonic() - self.started_monotonic, 3),
             "pid": os.getpid(),
             "worker": self.worker,
-        }
+        } | ({} if self.cluster is None else {"cluster": self.cluster.health()})

@@ -2,8 +2,8 @@
 
 Users of the store (0-RTT session tickets, latency histograms; later rate-limit budgets and the
 cache's shared tier) see only `HostStore`. The host-wide implementation is chosen by measurement
-(see `bench/store.py`); a Redis-backed one can replace it for a cluster of gateways without
-changing its users.
+(see `bench/store.py`). What several gateways share goes through Redis instead (`gatewayd/cluster/`):
+the rate limits' buckets, QUIC session tickets and latency sketches.
 """
 
 from .base import HostStore, StoreFull

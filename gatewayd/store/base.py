@@ -6,7 +6,7 @@ Keys and values are bytes; a key's first path segment (`tickets/`, `latency/`) n
 
 Besides a key-value map, a store holds token buckets for the rate limits of the host's workers:
 `draw` takes tokens from several buckets in one atomic operation. Its arithmetic is `take_tokens`,
-below, the same in every store (a Redis store would run it as a Lua script); the bucket's state
+below, the same in every store and in Redis (`gatewayd/cluster/buckets.py` runs it as a Lua script); the bucket's state
 is its value, `BUCKET`, which expires once the bucket would be full again: an absent bucket is full.
 """
 

@@ -165,13 +165,14 @@ routes:
 """
 
 
-def h2load(url: str) -> tuple[int, int, float]:
-    """(2xx, 4xx, seconds) of a paced load from h2load: CLIENTS connections (h2c, one request at a
-    time each: h2load's HTTP/1.1 parser refuses Hypercorn's empty reason phrase)."""
-    total = CLIENTS * RATE_PER_CLIENT * SECONDS
+def h2load(url: str, clients: int = CLIENTS, rate: int = RATE_PER_CLIENT, seconds: int = SECONDS) -> tuple[int, int, float]:
+    """(2xx, 4xx, seconds) of a paced load from h2load: `clients` connections (h2c, one request at a
+    time each: h2load's HTTP/1.1 parser refuses Hypercorn's empty reason phrase), `rate` requests a
+    second each, for `seconds`."""
+    total = clients * rate * seconds
     out = subprocess.run(
-        ["h2load", "-c", str(CLIENTS), "-m", "1", "--rps", str(RATE_PER_CLIENT), "-n", str(total), url],
-        capture_output=True, text=True, timeout=SECONDS * 6, check=False,
+        ["h2load", "-c", str(clients), "-m", "1", "--rps", str(rate), "-n", str(total), url],
+        capture_output=True, text=True, timeout=seconds * 6, check=False,
     ).stdout  # fmt: skip
     codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
     took = re.search(r"finished in ([\d.]+)(m?s)", out)

@@ -64,7 +64,9 @@ def alt_svc(quic: QuicConfig) -> bytes:
 
 async def serve(app, store: HostStore, server: ServerConfig, stop: asyncio.Event) -> None:
     """Serve HTTP/3 on `server.quic.listen` until `stop` is set; then refuse new connections and
-    requests, wait up to `server.shutdown_timeout` for the requests in flight, and close every connection."""
+    requests, wait up to `server.shutdown_timeout` for the requests in flight, and close every connection.
+    `store` keeps the session tickets: the host store, or Redis for gateways that share them
+    (`gatewayd.cluster.tickets.SharedTickets`, which has the `put` and `take` that tickets use)."""
     quic, shutdown_timeout = server.quic, server.shutdown_timeout
     logging.getLogger("quic").setLevel(logging.WARNING)  # aioquic logs every connection at INFO
     loop = asyncio.get_running_loop()
