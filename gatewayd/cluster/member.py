@@ -7,6 +7,7 @@ the whole process sees Redis as up or down at once (`/health`: `cluster: {redis,
 - `leaser`: the rate limits' leases (`buckets.py`);
 - `tickets`: QUIC session tickets, single-use across the cluster (`tickets.py`);
 - `sketches`: the latency figures behind `/latency?scope=cluster` (`sketches.py`);
+- `cache`: the response cache's tier shared by the gateways, its purges and fetch leases (`cache.py`);
 - `link.client`: the redis-py client, for what else comes to be shared (a cache tier; `pubsub()`
   for broadcasts), and `link.on_change` to hear when Redis goes and comes back.
 """
@@ -22,6 +23,7 @@ from dataclasses import replace
 
 from ..config.model import ClusterConfig
 from .buckets import ClusterLeaser
+from .cache import ClusterCache
 from .link import RedisLink
 from .sketches import Sketches
 from .tickets import SharedTickets
@@ -49,6 +51,7 @@ class Cluster:
         self.leaser = ClusterLeaser(self.link)
         self.tickets = SharedTickets(self.link)
         self.sketches = Sketches(self.link, observer, instance)
+        self.cache = ClusterCache(self.link)
         self._tasks: list[asyncio.Task] = []
 
     def start(self) -> None:

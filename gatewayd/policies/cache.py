@@ -58,6 +58,7 @@ def tiers(ctx) -> Tiers:
 
     found = ctx.kept.get(("cache", "tiers"), make)
     found.l1.resize(config.l1_max)
+    found.cluster = ctx.cluster.cache if ctx.cluster is not None else None
     if config.admin is not None:
         admin = config.admin
         ctx.kept.get(("cache", "admin", str(admin.listen), admin.key), lambda: AdminListener(admin.listen, admin.key, found))

@@ -92,9 +92,11 @@ def origin(engine):
     o.down()
 
 
-def config(origin: Origin, workers: int = 1, policy: str = "{cache: {mode: standard}}", extra: str = "") -> str:
+def config(origin: Origin, workers: int = 1, policy: str = "{cache: {mode: standard}}", extra: str = "", redis: str = "") -> str:
+    cluster = f'cluster: {{redis: {{url: "{redis}", timeout: 250ms}}}}' if redis else ""
     return f"""
 version: 1
+{cluster}
 server:
   workers: {workers}
 cache:
@@ -357,3 +359,76 @@ def test_concurrent_misses_on_two_workers_send_one_upstream_request(two_workers,
     answers = asyncio.run(many())
     assert [r.status_code for r in answers] == [200] * 60 and len({r.text for r in answers}) == 1
     assert origin.asked[path] == 1
+
+
+# --- several gateways sharing Redis ---------------------------------------------------------------
+
+
+SITE = {"Host": "api.test"}  # behind one load balancer, the gateways see one Host (which the key includes)
+
+
+def via(gw, path: str, **kw) -> httpx.Response:
+    return fresh(gw, path, headers=SITE, **kw)
+
+
+@pytest.fixture
+def pair(gatewayd, origin, redis_server):
+    """Two gateways (one worker each) sharing one redis-server, each with its admin listener."""
+    redis = redis_server()
+    gateways = []
+    for _ in range(2):
+        admin = free_port()
+        gw = gatewayd(config(origin, redis=redis.url).replace("{admin}", str(admin)))
+        gw.admin = f"http://{HOST}:{admin}"
+        gateways.append(gw)
+    gateways[0].redis = redis
+    return gateways
+
+
+def test_what_one_gateway_fetched_is_a_hit_on_the_other(pair, origin):
+    a, b = pair
+    path = "/cluster-hit?cc=max-age%3D60"
+    first = via(a, path)
+    deadline = time.monotonic() + 5  # the store into Redis is not waited for
+    while "hit" not in (other := via(b, path)).headers["cache-status"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert other.text == first.text and origin.asked[path] == 1
+
+
+def test_concurrent_misses_on_two_gateways_send_one_upstream_request(pair, origin):
+    path = "/cluster-coalesce?cc=max-age%3D60&delay=400"
+
+    async def many():
+        async with httpx.AsyncClient(timeout=20, limits=httpx.Limits(max_connections=60)) as client:
+            return await asyncio.gather(*(client.get(pair[i % 2].url + path, headers=SITE) for i in range(60)))
+
+    answers = asyncio.run(many())
+    assert [r.status_code for r in answers] == [200] * 60 and len({r.text for r in answers}) == 1
+    assert origin.asked[path] == 1
+
+
+def test_a_purge_on_one_gateway_reaches_the_other(pair, origin):
+    a, b = pair
+    path = "/cluster-purge?cc=max-age%3D60"
+    via(a, path)
+    via(b, path)
+    assert via(b, path).headers["cache-status"].startswith("gatewayd; hit") and origin.asked[path] <= 2
+    asked = origin.asked[path]
+    r = httpx.post(f"{a.admin}/cache/purge", json={"url": path}, headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+    assert r.status_code == 200 and r.json()["purged"] >= 1
+    deadline = time.monotonic() + 5  # the broadcast reaches b within milliseconds
+    while "hit" in via(b, path).headers["cache-status"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert origin.asked[path] == asked + 1
+
+
+def test_without_redis_each_gateway_caches_for_itself(pair, origin):
+    a, b = pair
+    a.redis.kill()
+    path = "/cluster-down?cc=max-age%3D60"
+    for gw in (a, b, a, b):
+        r = via(gw, path)
+        assert r.status_code == 200
+    assert via(a, path).headers["cache-status"].startswith("gatewayd; hit")
+    assert origin.asked[path] <= 2  # one fetch per gateway at most
+    assert a.health()["cluster"]["redis"] == "down"
