@@ -79,8 +79,7 @@ def main() -> None:
             for share in (0.01, 0.05, 0.2):
                 capacity = int(args.keys * share)
                 row = []
-                for make in (lambda: l1_runner(capacity, entry), lambda: LRU(capacity).lookup):
-                    lookup = make()
+                for lookup in (l1_runner(capacity, entry), LRU(capacity).lookup):
                     t = time.perf_counter_ns()
                     hits = sum(map(lookup, keys))
                     row.append((hits / len(keys), (time.perf_counter_ns() - t) / len(keys)))

@@ -23,9 +23,9 @@ import httpx
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import gatewayd_server  # noqa: E402
-import nginx  # noqa: E402
-from procs import free_ports  # noqa: E402
+import gatewayd_server
+import nginx
+from procs import free_ports
 
 CONCURRENCY = 32
 

@@ -13,7 +13,15 @@ from gatewayd.cache.admission import Rules, admit
 from gatewayd.cache.conditional import headers_304, not_modified, validates
 from gatewayd.cache.entry import Entry
 from gatewayd.cache.freshness import (
-    FRESH, NO_RULES, REVALIDATE_LATER, STALE_OK, VALIDATE, RequestRules, initial_age, judge, lifetime,
+    FRESH,
+    NO_RULES,
+    REVALIDATE_LATER,
+    STALE_OK,
+    VALIDATE,
+    RequestRules,
+    initial_age,
+    judge,
+    lifetime,
     may_serve_on_error,
 )  # fmt: skip
 from gatewayd.cache.l1 import L1
@@ -92,7 +100,7 @@ def test_judge_fresh_then_stale():
 
 def test_request_directives():
     entry = stored(cache_control="max-age=10")
-    cc = lambda value: RequestRules.of(directives.parse([value]), False)  # noqa: E731
+    cc = lambda value: RequestRules.of(directives.parse([value]), False)
     assert judge(entry, cc(b"no-cache"), T + 1) == VALIDATE
     assert judge(entry, cc(b"max-age=2"), T + 3) == VALIDATE
     assert judge(entry, cc(b"max-age=5"), T + 3) == FRESH

@@ -27,7 +27,7 @@ class Entry:
         self.stale_at = self.response_time + self.lifetime - self.initial_age
         self.size = len(self.body) + sum(len(n) + len(v) + 32 for n, v in self.headers) + 256
 
-    def replace(self, **changes) -> "Entry":
+    def replace(self, **changes) -> Entry:
         fields = {name: getattr(self, name) for name in _FIELDS}
         fields.update(changes)
         return Entry(**fields)
@@ -42,7 +42,7 @@ class Entry:
         return marshal.dumps((_VERSION, *(getattr(self, name) for name in _FIELDS)))
 
     @classmethod
-    def loads(cls, data: bytes) -> "Entry | None":
+    def loads(cls, data: bytes) -> Entry | None:
         """An entry from `dumps`, or None when it is of another format version or damaged."""
         try:
             values = marshal.loads(data)

@@ -77,7 +77,7 @@ class RequestRules:
     stale_if_error: int | None = None  # RFC 5861 section 4: the client accepts this much staleness on an error
 
     @classmethod
-    def of(cls, cc: dict, pragma_no_cache: bool) -> "RequestRules":
+    def of(cls, cc: dict, pragma_no_cache: bool) -> RequestRules:
         max_stale = None
         if "max-stale" in cc:
             arg = cc["max-stale"]

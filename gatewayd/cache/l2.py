@@ -50,7 +50,7 @@ class L2:
         self.store = store  # LMDBStore, or any store with get/put/take/scan
 
     @classmethod
-    def open(cls, state_dir: str, max_bytes: int) -> "L2":
+    def open(cls, state_dir: str, max_bytes: int) -> L2:
         return cls(LMDBStore(state_dir, map_size=max_bytes * 3, file_name=FILE_NAME))
 
     def lookup(self, key: bytes, url: bytes, select) -> tuple[tuple, Entry] | None:

@@ -25,8 +25,8 @@ from . import admission
 from .admission import Rules
 from .capture import Capture
 from .conditional import headers_304, not_modified, validates
+from .freshness import FRESH, NO_RULES, REVALIDATE_LATER, STALE_OK, judge, may_serve_on_error
 from .l2 import expires_in
-from .freshness import FRESH, NO_RULES, REVALIDATE_LATER, STALE_OK, may_serve_on_error, judge
 from .request import View, selection, url_of
 
 log_ = logging.getLogger("gatewayd.cache")

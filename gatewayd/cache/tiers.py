@@ -1,10 +1,12 @@
-"""A worker's cache: its L1, the host's L2 (None when the worker serves alone), the flights, and
-purges, which reach every worker of the host.
+"""A worker's cache: its L1, the host's L2 (None when the worker serves alone), the cluster's tier
+in Redis (None without a `cluster` section), the flights, the leases that let one process fetch a
+key at a time, and purges, which reach every worker of the host (and of the cluster).
 
 A purge is applied to this worker's L1 and to the L2 at once, and written to the host store under
 `cache-purge/`; every worker reads those records every `PURGE_POLL` seconds and applies the ones of
 other workers to its own L1. The admin listener answers a purge after `PURGE_SETTLE` seconds, by
-which time every worker has applied it.
+which time every worker has applied it. With a cluster, the purge is also deleted from Redis and
+published there to every worker of every gateway (gatewayd/cluster/cache.py).
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ from .l2 import L2
 log = logging.getLogger("gatewayd.cache")
 
 PASSES_MAX = 10_000
+PURGE_POLL = 0.02
+PURGE_SETTLE = 0.08
+_PURGES = b"cache-purge/"
+_PURGE_TTL = 30.0
 
 
 class Passes(dict):
@@ -34,11 +40,6 @@ class Passes(dict):
             for old in list(self)[: PASSES_MAX // 2]:
                 del self[old]
         super().__setitem__(key, until)
-
-PURGE_POLL = 0.02
-PURGE_SETTLE = 0.08
-_PURGES = b"cache-purge/"
-_PURGE_TTL = 30.0
 
 
 class Tiers:
