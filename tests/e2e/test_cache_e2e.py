@@ -191,7 +191,7 @@ def test_a_hot_key_is_refreshed_early_once_per_expiry_and_never_misses(gw, origi
 
 def test_stale_while_revalidate_serves_at_once_and_refreshes_once(gw, origin):
     """A stale answer within the window comes without waiting for the origin (which takes 300 ms and
-    would have given a new body), and one background request refreshes the entry."""
+    would have given a new body), and a background request refreshes the entry, one at a time."""
     path = "/swr?cc=max-age%3D2%2C%20stale-while-revalidate%3D30&delay=300&nodate=1"
     first = fresh(gw, path)
     time.sleep(2.1)
@@ -200,7 +200,8 @@ def test_stale_while_revalidate_serves_at_once_and_refreshes_once(gw, origin):
     deadline = time.monotonic() + 5
     while (latest := fresh(gw, path)).text == first.text and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert latest.text != first.text and origin.asked[path] == 2
+    # one refresh at a time (this gateway's early refresh, beta 2, may add another once it is back)
+    assert latest.text != first.text and origin.most_at_once[path] == 1
 
 
 def test_stale_if_error_when_the_origin_fails_or_is_down(gw, origin):
