@@ -54,7 +54,7 @@ sys.path.insert(0, str(HERE))
 import gatewayd_server  # noqa: E402
 import nginx  # noqa: E402
 import wrk  # noqa: E402
-from procs import Proc, free_ports, wait_http_ok, wait_listening  # noqa: E402
+from procs import Proc, free_ports, wait_listening  # noqa: E402
 
 REPO = HERE.parent
 DEMO_UPSTREAM = REPO / "examples" / "upstream.py"

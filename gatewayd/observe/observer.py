@@ -29,7 +29,7 @@ import numpy as np
 
 from . import latency, metrics, otel
 from .access_log import AccessLog, iso_time, line, query_keys
-from .recorder import ERROR_KINDS, METHODS, UNMATCHED, Recorder
+from .recorder import ERROR_KINDS, METHODS, Recorder
 
 log = logging.getLogger("gatewayd.observe")
 

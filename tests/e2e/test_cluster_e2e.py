@@ -12,7 +12,6 @@ import time
 
 import httpx
 import pytest
-from conftest import HOST
 from test_http3 import h3_session, recorder, run, start, tls_files, unique  # noqa: F401 - fixtures too
 from test_rate_limit import h2load
 

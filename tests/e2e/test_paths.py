@@ -17,7 +17,7 @@ import types
 
 import pytest
 from conftest import HOST
-from rawhttp import Recorder, exchange, request
+from rawhttp import Recorder, exchange
 
 from gatewayd.cli import commands
 from gatewayd.routing.normalize import PathRefused, compile_normalizer, normalize_pattern
