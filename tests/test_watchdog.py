@@ -43,6 +43,14 @@ def test_an_idle_connection_gets_keep_alive_timeout():
     assert verdict(NOW, idle, seen, False, NOW - 60.0, "1.1", Limits(2.0, 0.0)) is None  # keep-alive off
 
 
+def test_the_last_request_received_a_tick_before_its_response_ended_is_no_new_head():
+    """TCP_INFO counts whole kernel ticks: the request's bytes may read as a few ms after the response."""
+    seen = Seen(first_seen=NOW - 60)
+    assert verdict(NOW, info(since_received=0.99), seen, False, NOW - 1.0, "1.1", LIMITS) is None
+    assert seen.head_since is None
+    assert verdict(NOW + 4.0, info(since_received=4.99, since_sent=5.0), seen, False, NOW - 1.0, "1.1", LIMITS) == "idle"
+
+
 def test_a_busy_connection_is_never_closed():
     seen = Seen(first_seen=NOW - 600)
     assert verdict(NOW, info(since_received=500, since_sent=500), seen, True, NOW - 550, "1.1", LIMITS) is None

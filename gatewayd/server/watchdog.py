@@ -116,6 +116,12 @@ class Info:
         return cls(received, sent, since_received / 1000, since_sent / 1000)
 
 
+# TCP_INFO's times since the last byte are whole kernel ticks (up to 10 ms), and the request's own
+# bytes arrive just before its response ends: a head that began within this of the response is
+# taken for none (its connection then has keep_alive_timeout, not header_read_timeout)
+CLOCK_SLACK = 0.02
+
+
 def verdict(now: float, info: Info, seen: Seen, busy: bool, done_at: float | None, version: str | None, limits: Limits) -> str | None:
     """Why this connection is to be closed now ("silent", "idle", "slow head"), or None. `done_at`
     and `version` are the tracker's for the connection's client (None: no request finished on it)."""
@@ -132,7 +138,7 @@ def verdict(now: float, info: Info, seen: Seen, busy: bool, done_at: float | Non
         return None
     if version not in ("1", "1.1"):
         return None  # HTTP/2: Granian's keep-alive pings apply
-    elif info.since_received >= now - done_at:  # nothing received since the last response
+    elif info.since_received + CLOCK_SLACK >= now - done_at:  # nothing received since the last response
         seen.head_since = None
         if limits.keep_alive > 0 and min(now - done_at, info.since_sent) >= limits.keep_alive:
             return "idle"
