@@ -12,6 +12,7 @@ from ssl import SSLError
 
 import h11
 import h2.errors
+import h2.events
 import h2.exceptions
 import hypercorn.asyncio.run
 import hypercorn.protocol
@@ -76,10 +77,50 @@ class _H11Protocol(H11Protocol):
         await self._send_h11_event(h11.EndOfMessage())
 
 
+UNREAD_BODY_LIMIT = 65_535  # bytes of an answered stream's body taken and dropped before it is reset
+
+
 class _H2Protocol(H2Protocol):
-    """Hypercorn's HTTP/2, plus: a stream whose response the app left unfinished (it raised once the
-    response had started, as the proxy does with `Cut`) is reset, as Granian does, where Hypercorn
-    would leave it open and its client waiting until the connection ends."""
+    """Hypercorn's HTTP/2, plus two things it lacks.
+
+    A stream whose response the app left unfinished (it raised once the response had started, as the
+    proxy does with `Cut`) is reset, as Granian does, where Hypercorn would leave it open and its
+    client waiting until the connection ends.
+
+    DATA for a stream already answered (a 413 before the whole upload came) is acknowledged and
+    dropped, where Hypercorn fails on it and loses the whole connection. Past UNREAD_BODY_LIMIT the
+    stream is reset with NO_ERROR, which asks the client to stop sending (RFC 9113 section 8.1).
+    Below it, a client that reads its response only once it has sent the whole body (httpx does)
+    still gets that response."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.unread: dict[int, int] = {}  # answered stream -> bytes of its body dropped so far
+
+    async def _handle_events(self, events) -> None:
+        for event in events:
+            if isinstance(event, h2.events.DataReceived) and event.stream_id not in self.streams:
+                self._drop(event)
+            else:
+                if isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset)):
+                    self.unread.pop(event.stream_id, None)
+                await super()._handle_events((event,))
+        await self._flush()
+
+    def _drop(self, event: h2.events.DataReceived) -> None:
+        stream_id = event.stream_id
+        unread = self.unread.get(stream_id, 0) + event.flow_controlled_length
+        try:
+            self.connection.acknowledge_received_data(event.flow_controlled_length, stream_id)
+            if unread > UNREAD_BODY_LIMIT:
+                self.connection.reset_stream(stream_id, error_code=h2.errors.ErrorCodes.NO_ERROR)
+                unread = None
+        except h2.exceptions.ProtocolError:  # the stream is over already
+            unread = None
+        if unread is None:
+            self.unread.pop(stream_id, None)
+        else:
+            self.unread[stream_id] = unread
 
     async def stream_send(self, event) -> None:
         if isinstance(event, StreamClosed):
@@ -124,14 +165,7 @@ class _TCPServer(TCPServer):
                 break
             if data and self._waiting_for_head and self._head_deadline is None and isinstance(self.protocol.protocol, H11Protocol):
                 self._head_deadline = self.loop.time() + self.config.header_read_timeout
-            try:
-                await self.protocol.handle(RawData(data))
-            except KeyError:
-                # Hypercorn's HTTP/2 on DATA for a stream it has closed (answered before the request
-                # ended): its state is lost, so end the connection, without a traceback in the log
-                if not isinstance(self.protocol.protocol, H2Protocol):
-                    raise
-                break
+            await self.protocol.handle(RawData(data))
         # nothing more will be read: close now. (Hypercorn would keep the socket until the keep-alive
         # timer ran out, as that timer is a task of the connection's task group.)
         await self.idle_task.stop()

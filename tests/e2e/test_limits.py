@@ -272,6 +272,63 @@ def test_http2_body_without_length_over_the_limit_gets_413(gw):
     assert r.status == 413 and json.loads(r.body)["error"] == "body_too_large"
 
 
+def test_http2_upload_going_on_after_its_413_is_stopped_and_the_connection_kept(gw):
+    """A client that keeps sending the body of a stream already answered (RFC 9113 section 8.1 lets the
+    server answer first) neither loses the connection nor gets to send without end: the stream is
+    reset (NO_ERROR on Hypercorn, which asks it to stop sending; Granian's hyper may pick another
+    code), and a new request on the same connection is answered."""
+    conn = h2_connection.H2Connection(config=h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+    authority = f"{HOST}:{gw.port}"
+    chunk, sent_limit = b"u" * 4096, 4 * 1024 * 1024
+    statuses: dict[int, int] = {}
+    ended: set[int] = set()
+    reset: dict[int, int] = {}
+
+    def pump(s: socket.socket) -> None:
+        s.sendall(conn.data_to_send())
+        data = s.recv(65536)
+        assert data, "the connection was closed"
+        for event in conn.receive_data(data):
+            assert not isinstance(event, h2.events.ConnectionTerminated), event
+            if isinstance(event, h2.events.ResponseReceived):
+                statuses[event.stream_id] = int(dict(event.headers)[":status"])
+            elif isinstance(event, h2.events.DataReceived):
+                conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            elif isinstance(event, h2.events.StreamEnded):
+                ended.add(event.stream_id)
+            elif isinstance(event, h2.events.StreamReset):
+                reset[event.stream_id] = event.error_code
+        s.sendall(conn.data_to_send())
+
+    with socket.create_connection((HOST, gw.port), timeout=CLIENT_TIMEOUT_S) as s:
+        conn.initiate_connection()
+        upload = conn.get_next_available_stream_id()
+        conn.send_headers(upload, [(":method", "POST"), (":path", "/sink/upload"), (":scheme", "http"), (":authority", authority)])
+        conn.send_data(upload, b"z" * (2 * MAX_BODY))
+        deadline = time.monotonic() + CLIENT_TIMEOUT_S
+        while upload not in ended and upload not in reset and time.monotonic() < deadline:
+            pump(s)
+        assert statuses.get(upload) == 413
+        sent = 0
+        while upload not in reset and sent < sent_limit and time.monotonic() < deadline:
+            window = min(conn.local_flow_control_window(upload), len(chunk))
+            if window > 0:
+                conn.send_data(upload, chunk[:window])
+                sent += window
+                s.sendall(conn.data_to_send())
+            else:
+                pump(s)
+        assert upload in reset, f"the stream was not reset after {sent} more bytes"
+        follow = conn.get_next_available_stream_id()
+        conn.send_headers(follow, [(":method", "GET"), (":path", "/echo/after"), (":scheme", "http"), (":authority", authority)], end_stream=True)
+        while follow not in ended and follow not in reset and time.monotonic() < deadline:
+            pump(s)
+        assert statuses.get(follow) == 200 and follow in ended
+    print(f"reset with code {reset[upload]} after {sent} more bytes")
+    if gw.engine == "hypercorn":
+        assert reset[upload] == 0 and sent <= 128 * 1024
+
+
 # --- max_header_bytes ---------------------------------------------------------------------------
 
 
