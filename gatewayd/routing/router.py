@@ -45,7 +45,7 @@ dict (every match of that route returns the same precomputed ``Found``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
@@ -284,7 +284,7 @@ class _Search:
 class Router:
     """Compiles route specs once; :meth:`match` answers one request."""
 
-    __slots__ = ("_exact", "_prefixes", "_regexes", "_root_prefix", "_trie")
+    __slots__ = ("_exact", "_prefix_heads", "_prefixes", "_regexes", "_root_prefix", "_trie")
 
     def __init__(self, specs: Sequence[RouteSpec]) -> None:
         exact: dict[str, list[_Route]] = {}
@@ -312,6 +312,9 @@ class Router:
         self._trie = trie
         self._root_prefix = tuple(prefixes.pop("", ()))
         self._prefixes = {key: tuple(routes) for key, routes in prefixes.items()}
+        # the first segments of the prefixes ("/api/v1" -> "api"): a path whose first segment is none
+        # of them skips the walk up its segments (a 404 then costs about what a hit does)
+        self._prefix_heads = frozenset(key.split("/", 2)[1] for key in self._prefixes)
         self._regexes = tuple(regexes)
 
     def match(
@@ -348,29 +351,41 @@ class Router:
     def _search(
         self, method: str, path: str, host: str | None, headers: Iterable, query_string: bytes
     ) -> Found | MethodNotAllowed | NotFound:
-        """Try every candidate, tier by tier, in precedence order."""
-        search = _Search(method, host, headers, query_string)
+        """Try every candidate in precedence order. The request's filters are only set up once
+        there is a candidate: a path no route could match costs a walk of the tiers and no more."""
+        search = None
+        for routes, extra in self._candidates(path):
+            if search is None:
+                search = _Search(method, host, headers, query_string)
+            if (found := search.pick(routes, extra)) is not None:
+                return found
+        if search is not None and search.allow:
+            return MethodNotAllowed(tuple(sorted(search.allow)))
+        return NOT_FOUND
+
+    def _candidates(self, path: str) -> Iterator[tuple[tuple[_Route, ...], object]]:
+        """(routes, what their result takes) whose path matches, tier by tier, in precedence order."""
         routes = self._exact.get(path)
-        if routes is not None and (found := search.pick(routes, None)) is not None:
-            return found
+        if routes is not None:
+            yield routes, None
         if self._trie is not None and path.startswith("/"):
             segments = split_path(path)
             pending = [(self._trie, 0)]
             while (leaf := _next_leaf(segments, pending)) is not None:
-                if (found := search.pick(leaf.routes, segments)) is not None:
-                    return found
-        end = len(path) if self._prefixes else 0
+                yield leaf.routes, segments
+        end = 0
+        if self._prefixes:
+            slash = path.find("/", 1)
+            if (path[1:slash] if slash > 0 else path[1:]) in self._prefix_heads:
+                end = len(path)
         while end > 0:
             routes = self._prefixes.get(path[:end])
-            if routes is not None and (found := search.pick(routes, None)) is not None:
-                return found
+            if routes is not None:
+                yield routes, None
             end = path.rfind("/", 0, end)
-        if (found := search.pick(self._root_prefix, None)) is not None:
-            return found
+        if self._root_prefix:
+            yield self._root_prefix, None
         for route in self._regexes:
             groups = route.regex.fullmatch(path)
-            if groups is not None and (found := search.pick((route,), groups)) is not None:
-                return found
-        if search.allow:
-            return MethodNotAllowed(tuple(sorted(search.allow)))
-        return NOT_FOUND
+            if groups is not None:
+                yield (route,), groups
