@@ -221,11 +221,10 @@ def compile_cached(action, tiers, ns: bytes, rules: Rules, beta: float | None, p
         leased = False
         try:
             if future is not None and stale is None and tiers.shared and view.rules is NO_RULES:
-                entry = await _fetched_elsewhere(key, url, ex.scope["headers"], consumer, flight_key)
+                entry, leased = await _fetched_elsewhere(key, url, ex.scope["headers"], consumer, flight_key)
                 if entry is not None:
                     counter("collapsed")
                     return await _serve(ex, entry, view, time(), cache_status + b"; collapsed")
-                leased = True
             entry = await _origin(ex, ex.scope, consumer, ex.request_id, key, url, view, stale, cache_status)
         finally:
             if leased:
@@ -234,18 +233,25 @@ def compile_cached(action, tiers, ns: bytes, rules: Rules, beta: float | None, p
                 flights.land(flight_key, future, entry)
 
     async def _fetched_elsewhere(key: bytes, url: bytes, headers, consumer, flight_key: bytes):
-        """When another worker of the host is fetching `key`, what it stored (polled in the shared
-        tier until it releases its lease, within the timeout); None, holding the lease, when this
-        worker is to fetch it."""
+        """(what another process stored, False) when one was fetching `key` (polled in the shared tier
+        until it releases its lease, within the timeout); (None, True) when this one holds the lease
+        and is to fetch it; (None, False) when the wait ran out."""
         deadline = time() + timeout
+        waited = False
         while not await tiers.lease(b"fetch", flight_key, timeout):
+            waited = True
             await asyncio.sleep(ELSEWHERE_POLL)
             entry = await _shared_lookup(key, url, headers, consumer, False)
             if entry is not None:
-                return entry
+                return entry, False
             if time() > deadline:
-                break
-        return None
+                return None, False
+        if waited:  # the lease came free, maybe because its holder has just stored the response
+            entry = await _shared_lookup(key, url, headers, consumer, False)
+            if entry is not None:
+                tiers.release(b"fetch", flight_key, timeout)
+                return entry, False
+        return None, True
 
     async def _origin(client, scope, consumer, request_id, key, url, view, stale, cache_status):
         """One fetch from the origin for the request `scope`, answering `client` (None: a background

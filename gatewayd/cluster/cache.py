@@ -43,6 +43,7 @@ class ClusterCache:
     def __init__(self, link: RedisLink):
         self.link = link
         self._tasks: set[asyncio.Task] = set()
+        self._stores: set[asyncio.Task] = set()  # puts still on their way to Redis
         self._subscriber: asyncio.Task | None = None
 
     # --- stored responses --------------------------------------------------------------------
@@ -89,7 +90,9 @@ class ClusterCache:
                 pipe.pexpire(PREFIX + b"t/" + tag, px, nx=True)
             return pipe.execute()
 
-        self._spawn(self._quietly(write))
+        task = self._spawn(self._quietly(write))
+        self._stores.add(task)
+        task.add_done_callback(self._stores.discard)
 
     async def _quietly(self, make) -> None:
         try:
@@ -97,10 +100,11 @@ class ClusterCache:
         except Unavailable:
             pass
 
-    def _spawn(self, coroutine) -> None:
+    def _spawn(self, coroutine) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     # --- one gateway at a time -------------------------------------------------------------------
 
@@ -114,8 +118,17 @@ class ClusterCache:
             return True
 
     def release(self, kind: bytes, key: bytes) -> None:
+        """Give the lease up once what this gateway stored before is in Redis: a gateway waiting on
+        the lease that got it before the response was there would fetch the key again."""
         name = PREFIX + b"l/" + kind + b"/" + _h(key)
-        self._spawn(self._quietly(lambda client: client.delete(name)))
+        stores = tuple(self._stores)
+
+        async def after_stores() -> None:
+            if stores:
+                await asyncio.wait(stores)
+            await self._quietly(lambda client: client.delete(name))
+
+        self._spawn(after_stores())
 
     # --- purges --------------------------------------------------------------------------------
 
