@@ -240,3 +240,17 @@ def exchange(port: int, data: bytes, *, expect: int = 1, timeout: float = TIMEOU
 def request(target: str, host: str = "gw.test", method: str = "GET", extra: str = "") -> bytes:
     """One request head, as bytes: `target` and `extra` header lines (each ending in CRLF) as given."""
     return f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n".encode("latin-1")
+
+
+def seconds_until_closed(s: socket.socket, limit: float) -> float | None:
+    """How long until the peer closes `s` (reading and dropping what comes); None if still open after `limit`."""
+    t0 = time.monotonic()
+    s.settimeout(limit)
+    try:
+        while s.recv(65536):
+            pass
+    except ConnectionResetError:
+        pass
+    except TimeoutError:
+        return None
+    return time.monotonic() - t0

@@ -10,7 +10,7 @@ import time
 
 import pytest
 from conftest import HOST
-from rawhttp import exchange, request
+from rawhttp import exchange, request, seconds_until_closed
 
 IDLE_CONNECTIONS = 300  # more than Granian's default of 128 connections per worker
 SLOW_HEADS = 300
@@ -88,22 +88,9 @@ def test_slow_heads_do_not_hold_up_new_requests(capacity):
     assert max(times) < PROBE_LIMIT_S, (statistics.median(times), max(times))
 
 
-def _seconds_until_closed(s: socket.socket, limit: float) -> float | None:
-    t0 = time.monotonic()
-    s.settimeout(limit)
-    try:
-        while s.recv(65536):
-            pass
-    except ConnectionResetError:
-        pass
-    except TimeoutError:
-        return None
-    return time.monotonic() - t0
-
-
 def test_a_client_that_sends_nothing_is_closed_after_header_read_timeout(timeouts):
     with socket.create_connection((HOST, timeouts.port), timeout=5) as s:
-        waited = _seconds_until_closed(s, 8.0)
+        waited = seconds_until_closed(s, 8.0)
     assert waited is not None and 0.8 <= waited <= 2.8, waited
 
 
@@ -112,7 +99,7 @@ def test_an_idle_keep_alive_connection_is_closed_after_keep_alive_timeout(timeou
     with socket.create_connection((HOST, timeouts.port), timeout=5) as s:
         s.sendall(request("/"))
         assert s.recv(65536).startswith(b"HTTP/1.1 200")
-        waited = _seconds_until_closed(s, 10.0)
+        waited = seconds_until_closed(s, 10.0)
     assert waited is not None and 2.6 <= waited <= 6.0, waited  # (a loaded machine may answer late)
 
 
@@ -122,7 +109,7 @@ def test_a_head_begun_on_an_idle_connection_has_header_read_timeout(timeouts):
         assert s.recv(65536).startswith(b"HTTP/1.1 200")
         time.sleep(0.5)
         s.sendall(b"GET / HT")
-        waited = _seconds_until_closed(s, 10.0)
+        waited = seconds_until_closed(s, 10.0)
     assert waited is not None and 0.6 <= waited <= 2.5, waited
 
 

@@ -17,6 +17,7 @@ import time
 import httpx
 import pytest
 from conftest import HOST
+from rawhttp import seconds_until_closed
 
 from gatewayd.config.errors import ConfigError
 from gatewayd.config.load import load_bytes
@@ -392,24 +393,11 @@ def test_refused_heads_get_the_gateways_json_error_where_the_engine_lets_it(gw, 
 # --- header_read_timeout and keep_alive_timeout -------------------------------------------------
 
 
-def seconds_until_closed(s: socket.socket, limit: float = 8.0) -> float:
-    t0 = time.monotonic()
-    s.settimeout(limit)
-    try:
-        while s.recv(65536):
-            pass
-    except ConnectionResetError:
-        pass
-    except TimeoutError:
-        pytest.fail(f"the connection was still open after {limit}s")
-    return time.monotonic() - t0
-
-
 def test_half_a_request_line_is_cut_off_after_header_read_timeout(gw):
     with socket.create_connection((HOST, gw.port), timeout=CLIENT_TIMEOUT_S) as s:
         s.sendall(b"GET /hal")
-        waited = seconds_until_closed(s)
-    assert 0.7 <= waited <= 4.0, waited
+        waited = seconds_until_closed(s, 8.0)
+    assert waited is not None and 0.7 <= waited <= 4.0, waited
     get_ok(gw)
 
 
@@ -433,8 +421,8 @@ def test_idle_keep_alive_connection_is_closed(gw):
             assert chunk, response
             response += chunk
         assert response.startswith(b"HTTP/1.1 200")
-        waited = seconds_until_closed(s)
-    assert 2.0 * 0.7 <= waited <= 2.0 + 3.0, waited
+        waited = seconds_until_closed(s, 8.0)
+    assert waited is not None and 2.0 * 0.7 <= waited <= 2.0 + 3.0, waited
 
 
 # --- max_concurrent_streams ---------------------------------------------------------------------
