@@ -22,22 +22,12 @@ from aioquic.h3.connection import H3_ALPN
 from aioquic.quic.configuration import QuicConfiguration
 from conftest import HOST
 from test_http3 import H3Client, Response, demo, recorder, run, start, tls_files  # noqa: F401 - fixtures too
-
-from gatewayd.server.quic.steering import create_array
+from test_quic_steering import needs_steering
 
 PER_WORKER = 3  # long-lived connections held on each worker
 MOST_CONNECTIONS = 40  # opened to get PER_WORKER on both (all on one worker: 2 chances in 2**40)
 RESTART_WAIT_S = 20.0
 REQUEST_TIMEOUT_S = 5.0  # aioquic's client resends what is lost well within this
-
-
-def kernel_steers() -> str | None:
-    """Why the kernel refuses an eBPF socket array here, or None when it allows one."""
-    try:
-        os.close(create_array(1))
-    except OSError as exc:
-        return exc.strerror or str(exc)
-    return None
 
 
 async def health(client: H3Client) -> dict:
@@ -66,7 +56,8 @@ async def kill_each_worker_in_turn(h3) -> list[str]:
         async with contextlib.AsyncExitStack() as stack:
 
             async def opened() -> tuple[H3Client, dict]:
-                client = await stack.enter_async_context(connect(HOST, h3.port, configuration=config, create_protocol=H3Client))
+                connecting = connect(HOST, h3.port, configuration=config, create_protocol=H3Client)
+                client = await stack.enter_async_context(connecting)
                 return client, await health(client)
 
             held: dict[int, list[tuple[H3Client, int]]] = {0: [], 1: []}
@@ -101,12 +92,10 @@ async def kill_each_worker_in_turn(h3) -> list[str]:
     return rounds
 
 
+@needs_steering
 def test_connections_on_the_other_worker_survive_a_killed_worker(gatewayd, tls_files, demo, recorder, engine):
     if engine != "granian":
         pytest.skip("the QUIC listener is the same whatever the TCP engine; checked once")
-    refused = kernel_steers()
-    if refused is not None:
-        pytest.skip(f"the kernel refuses an eBPF socket array here ({refused}): no steering to test")
     h3 = start(gatewayd, tls_files, demo.url, recorder, server_extra="  workers: 2\n")
     assert "not steered" not in h3.gw.log() and "cannot be steered" not in h3.gw.log(), h3.gw.log()
     print(*run(asyncio.wait_for(kill_each_worker_in_turn(h3), 120)), sep="\n")

@@ -11,7 +11,7 @@ of a surviving worker move to the new one, which does not know them. A classic B
 How: each worker's connection ids start with its index (`cids.py`). For each QUIC listen address,
 the supervisor creates an eBPF socket array (BPF_MAP_TYPE_REUSEPORT_SOCKARRAY) with one slot per
 worker before it starts any, and every worker inherits it (`arrays_for_workers`). A worker puts its
-socket in its own slot and attaches `PROGRAM` to the group (`Steering.join`). The kernel empties a
+socket in its own slot and attaches `program` to the group (`Steering.join`). The kernel empties a
 slot when its socket closes and a restarted worker fills it again, so slots never move. For a
 short-header packet the program selects the socket in the slot that the destination connection id's
 first byte names; for anything else it lets the kernel's hash pick: long-header packets (a client's
@@ -38,7 +38,8 @@ log = logging.getLogger("gatewayd.quic")
 
 MAX_WORKERS = 256  # a worker's index is one byte of its connection ids
 
-_BPF_SYSCALL = {"x86_64": 321, "aarch64": 280}.get(platform.machine())  # bpf(2); both little-endian
+# bpf(2)'s number, where we know it (both little-endian, as `_insn` packs)
+_BPF_SYSCALL = {"x86_64": 321, "aarch64": 280}.get(platform.machine()) if platform.system() == "Linux" else None
 _BPF_MAP_CREATE, _BPF_MAP_UPDATE_ELEM, _BPF_PROG_LOAD = 0, 2, 5
 _BPF_MAP_TYPE_REUSEPORT_SOCKARRAY = 20
 _BPF_PROG_TYPE_SK_REUSEPORT = 21
