@@ -4,6 +4,7 @@ what happens where the kernel refuses (tests/e2e/test_quic_restart.py kills a re
 
 from __future__ import annotations
 
+import ctypes
 import datetime
 import errno
 import logging
@@ -11,6 +12,7 @@ import os
 import select
 import socket
 import ssl
+import struct
 
 import pytest
 from aioquic.buffer import Buffer
@@ -150,6 +152,25 @@ def test_the_kernel_steers_by_slot_and_slots_do_not_move_when_a_socket_is_replac
             assert receivers(sockets, port, short_header(worker)) == {name: SENT}
     finally:
         os.close(array)
+        for sock in sockets.values():
+            sock.close()
+
+
+def test_a_classic_bpf_program_picks_a_position_which_another_socket_takes_when_one_is_replaced():
+    """Why steering uses a socket array: SO_ATTACH_REUSEPORT_CBPF (unprivileged) returns a position
+    in the group's array of sockets, and the kernel fills a closed socket's position with the last one."""
+    first = reuseport_socket()
+    port = first.getsockname()[1]
+    sockets = {"w0": first, "w1": reuseport_socket(port)}
+    load_payload_byte_1, return_it = struct.pack("=HBBI", 0x30, 0, 0, 1), struct.pack("=HBBI", 0x16, 0, 0, 0)
+    code = ctypes.create_string_buffer(load_payload_byte_1 + return_it)  # the id's first byte, as a position
+    first.setsockopt(socket.SOL_SOCKET, 51, struct.pack("=HxxxxxxQ", 2, ctypes.addressof(code)))
+    try:
+        assert receivers(sockets, port, short_header(1)) == {"w1": SENT}
+        sockets.pop("w0").close()
+        sockets["w0 again"] = reuseport_socket(port)
+        assert receivers(sockets, port, short_header(1)) == {"w0 again": SENT}  # w1's datagrams, lost to it
+    finally:
         for sock in sockets.values():
             sock.close()
 
