@@ -4,8 +4,9 @@ aioquic draws every connection id a server issues from `os.urandom`, with no set
 one in `QuicConnection.__init__`, the later ones (sent in NEW_CONNECTION_ID frames) in
 `_replenish_connection_ids`. `WorkerConnection` overwrites the start of each with the worker's prefix
 (its index, one byte) as soon as it is drawn, before it is ever sent; the rest stays aioquic's random
-bytes (7 of the 8). The index is in the clear, as in QUIC-LB's plaintext scheme: an observer learns
-which worker holds a connection, and nothing more that links its ids.
+bytes (7 of the 8). The index is in the clear, as in QUIC-LB's plaintext scheme: an observer can tell
+which worker holds a connection, which links a client's ids across a change of address only as far
+as one value in `server.workers` goes.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ class WorkerConnection(QuicConnection):
     """A server's QuicConnection whose connection ids start with `cid_prefix` (none: aioquic's own ids)."""
 
     def __init__(self, *, cid_prefix: bytes, **kwargs):
-        self._cid_prefix = cid_prefix  # before aioquic's __init__, which may draw more ids
+        self._cid_prefix = cid_prefix
         super().__init__(**kwargs)
         first = self._host_cids[0]
         first.cid = self.host_cid = self._local_initial_source_connection_id = self._marked(first.cid)
