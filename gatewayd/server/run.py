@@ -131,10 +131,12 @@ async def _serve(gateway: Gateway, listeners, server: ServerConfig, role: Worker
     servers = [_engine(server.engine).serve(app, listeners, server, stop)]
     if server.quic is not None:  # HTTP/3 beside the TCP listeners: same app, same loop
         from .quic.listener import serve as serve_quic
+        from .quic.steering import Steering
 
         # session tickets: in Redis when the gateway shares them with others, else in the host store
         tickets = gateway.store if gateway.cluster is None else gateway.cluster.tickets
-        servers.append(serve_quic(app, tickets, server, stop))
+        steering = Steering(role.index, role.quic_steering) if role is not None and role.quic_steering else None
+        servers.append(serve_quic(app, tickets, server, stop, steering))
     if role is not None and role.supervisor_pid is not None:
         loop.call_soon(_tell_serving, role.supervisor_pid, role.state_dir)  # its config loaded, its engines starting
     try:

@@ -37,6 +37,10 @@ that can start a thread (`cli.main`; numpy starts its pool when it is imported),
 the supervisor (and of a worker, until it unblocks them in its main thread) blocks them too; only
 the main thread, waiting in `sigtimedwait`, takes them.
 
+With `server.quic`, the supervisor creates before starting any worker the eBPF socket arrays that
+steer QUIC datagrams to their worker by connection id (quic/steering.py), and every worker, restarts
+included, inherits them (`ENV_QUIC_STEERING`).
+
 Workers ask the kernel for a SIGTERM when the supervisor dies (PR_SET_PDEATHSIG), so killing the
 supervisor with SIGKILL does not leave them serving. The state folder (`tempfile.mkdtemp`) is
 removed when the supervisor exits, except after a SIGKILL. Linux only (sigtimedwait, CPU affinity).
@@ -56,6 +60,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from ..config.model import Config
+from .quic.steering import arrays_for_workers
 
 log = logging.getLogger("gatewayd.supervisor")
 
@@ -65,6 +70,7 @@ ENV_CPU = "GATEWAYD_WORKER_CPU"  # with server.cpu_pinning: the core the worker 
 ENV_SUPERVISOR = "GATEWAYD_SUPERVISOR_PID"
 ENV_STATE_DIR = "GATEWAYD_STATE_DIR"  # the folder for state shared by the host's workers
 ENV_READY = "GATEWAYD_HOST_READY"  # set once every worker of the host has served its first config
+ENV_QUIC_STEERING = "GATEWAYD_QUIC_STEERING"  # `host:port=fd,...`: the socket array of each QUIC address
 
 # worker -> supervisor: "I serve my first config" (with a mark in the state folder, since two
 # workers' signals sent at once merge into one); supervisor -> worker: "every worker does"
@@ -102,6 +108,7 @@ class WorkerRole:
     state_dir: str | None
     supervisor_pid: int | None
     host_ready: bool = False  # every worker of the host has served its first config
+    quic_steering: dict[str, int] = field(default_factory=dict)  # QUIC listen address -> its socket array's fd
 
     @classmethod
     def from_env(cls, env=os.environ) -> WorkerRole | None:
@@ -110,12 +117,14 @@ class WorkerRole:
             return None
         cpu = env.get(ENV_CPU)
         supervisor = env.get(ENV_SUPERVISOR)
+        steering = (item.rpartition("=") for item in env.get(ENV_QUIC_STEERING, "").split(",") if item)
         return cls(
             index=int(env[ENV_WORKER]),
             cpu=int(cpu) if cpu else None,
             state_dir=env.get(ENV_STATE_DIR) or None,
             supervisor_pid=int(supervisor) if supervisor else None,
             host_ready=env.get(ENV_READY) == "1",
+            quic_steering={address: int(fd) for address, _, fd in steering},
         )
 
 
@@ -155,6 +164,7 @@ class Supervisor:
         self.state_dir = ""
         self._store = None  # the host store, opened at the first restart (to count restarts)
         self.ready = False  # every worker has served its first config (and has been told so)
+        self.quic_steering: dict[str, int] = {}  # QUIC listen address -> socket array (quic/steering.py)
 
     def run(self) -> int:
         """Start the workers and look after them until a stop signal (0) or a crash loop (1)."""
@@ -171,6 +181,8 @@ class Supervisor:
                 self.state_dir,
                 " pinned to cores " + ",".join(str(s.cpu) for s in self.slots) if server.cpu_pinning else "",
             )
+            if server.quic is not None:
+                self.quic_steering = arrays_for_workers(server.quic.listen, len(self.slots))
             for slot in self.slots:
                 self._spawn(slot)
             code = self._supervise()
@@ -184,6 +196,8 @@ class Supervisor:
                     slot.proc.wait()
             if self._store is not None:
                 self._store.close()
+            for fd in self.quic_steering.values():
+                os.close(fd)
             shutil.rmtree(self.state_dir, ignore_errors=True)
             # a readiness signal still pending (from a worker that died since) would kill this
             # process once unblocked: take it first
@@ -202,8 +216,10 @@ class Supervisor:
         if slot.cpu is not None:
             env[ENV_CPU] = str(slot.cpu)
         env[ENV_READY] = "1" if self.ready else "0"
+        env[ENV_QUIC_STEERING] = ",".join(f"{address}={fd}" for address, fd in self.quic_steering.items())
         cmd = [sys.executable, "-m", "gatewayd", "serve", "--config", self.path, *(f"--listen={l}" for l in self.listen)]
-        slot.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
+        arrays = tuple(self.quic_steering.values())
+        slot.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, pass_fds=arrays)
         slot.started = time.monotonic()
         slot.restart_at = None
         slot.serving = False

@@ -9,6 +9,10 @@ id, run each connection's timer, hand its events to HTTP/3) with the host store'
 `EarlyDataH3` wired in. Hypercorn still turns HTTP/3 into ASGI calls of the one `GatewayApp` that
 the TCP engine serves too.
 
+With several workers, the connection ids a worker issues start with its index, and the kernel steers
+each datagram to the worker its id names (`steering.py`), so that a restarted worker does not take
+over the others' connections.
+
 aioquic has no `max_early_data` setting: a server that issues tickets accepts 0-RTT with them (the
 ticket's `max_early_data_size` is the 0xffffffff that QUIC requires). So `early_data: off` issues no
 tickets, and `safe_methods` relies on the dispatch to refuse what must not run from early data.
@@ -46,7 +50,9 @@ from ...dispatch import exchange
 from ...store import HostStore
 from ..hypercorn_engine import GatewayConfig
 from ..sockets import bind
+from .cids import WorkerConnection
 from .early_data import EarlyDataH3
+from .steering import Steering
 from .tickets import TicketStore
 
 log = logging.getLogger("gatewayd.quic")
@@ -62,11 +68,14 @@ def alt_svc(quic: QuicConfig) -> bytes:
     return ", ".join(f'h3=":{port}"; ma={int(quic.alt_svc_max_age)}' for port in ports).encode()
 
 
-async def serve(app, store: HostStore, server: ServerConfig, stop: asyncio.Event) -> None:
+async def serve(
+    app, store: HostStore, server: ServerConfig, stop: asyncio.Event, steering: Steering | None = None
+) -> None:  # fmt: skip
     """Serve HTTP/3 on `server.quic.listen` until `stop` is set; then refuse new connections and
     requests, wait up to `server.shutdown_timeout` for the requests in flight, and close every connection.
     `store` keeps the session tickets: the host store, or Redis for gateways that share them
-    (`gatewayd.cluster.tickets.SharedTickets`, which has the `put` and `take` that tickets use)."""
+    (`gatewayd.cluster.tickets.SharedTickets`, which has the `put` and `take` that tickets use).
+    `steering`: a supervisor's worker's, to steer datagrams by connection id."""
     quic, shutdown_timeout = server.quic, server.shutdown_timeout
     logging.getLogger("quic").setLevel(logging.WARNING)  # aioquic logs every connection at INFO
     loop = asyncio.get_running_loop()
@@ -81,6 +90,8 @@ async def serve(app, store: HostStore, server: ServerConfig, stop: asyncio.Event
             sock = bind(listen, socket.SOCK_DGRAM)
             sock.setblocking(False)
             sockets.append(sock)
+            if steering is not None:
+                steering.join(listen, sock)
     except OSError:
         for sock in sockets:
             sock.close()
@@ -91,7 +102,7 @@ async def serve(app, store: HostStore, server: ServerConfig, stop: asyncio.Event
             for sock in sockets:
                 endpoint = QuicEndpoint(
                     ASGIWrapper(app), hconfig, context, task_group, quic_config, tickets,
-                    server.limits.max_concurrent_streams,
+                    server.limits.max_concurrent_streams, steering.cid_prefix if steering else b"",
                 )  # fmt: skip
                 await loop.create_datagram_endpoint(lambda e=endpoint: e, sock=sock)
                 endpoints.append(endpoint)
@@ -140,9 +151,10 @@ class QuicEndpoint(asyncio.DatagramProtocol):
 
     def __init__(
         self, app, hconfig, context, task_group, quic_config: QuicConfiguration, tickets: TicketStore | None,
-        max_streams: int,
+        max_streams: int, cid_prefix: bytes,
     ):  # fmt: skip
         self.max_streams = max_streams  # concurrent request streams a client may open (server.limits)
+        self.cid_prefix = cid_prefix  # the start of every connection id issued here (cids.py)
         self.app = app
         self.hconfig = hconfig
         self.context = context
@@ -204,7 +216,8 @@ class QuicEndpoint(asyncio.DatagramProtocol):
         await self._handle_events(conn, addr)
 
     def _accept(self, original_cid: bytes) -> _Connection:
-        quic = QuicConnection(
+        quic = WorkerConnection(
+            cid_prefix=self.cid_prefix,
             configuration=self.quic_config,
             original_destination_connection_id=original_cid,
             session_ticket_fetcher=self.tickets.take if self.tickets else None,
