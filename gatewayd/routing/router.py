@@ -312,8 +312,7 @@ class Router:
         self._trie = trie
         self._root_prefix = tuple(prefixes.pop("", ()))
         self._prefixes = {key: tuple(routes) for key, routes in prefixes.items()}
-        # the first segments of the prefixes ("/api/v1" -> "api"): a path whose first segment is none
-        # of them skips the walk up its segments (a 404 then costs about what a hit does)
+        # the first segments of the prefixes ("/api/v1" -> "api"), to skip the walk up a path's segments
         self._prefix_heads = frozenset(key.split("/", 2)[1] for key in self._prefixes)
         self._regexes = tuple(regexes)
 
@@ -339,14 +338,37 @@ class Router:
             route = routes[0]
             if route.plain and (route.methods is None or method in route.methods):
                 return route.found
-        elif self._trie is not None and path.startswith("/"):
+            return self._search(method, path, host, headers, query_string)
+        if self._trie is not None and path.startswith("/"):
             segments = split_path(path)
             leaf = _next_leaf(segments, [(self._trie, 0)])
             if leaf is not None:
                 route = leaf.routes[0]
                 if route.plain and (route.methods is None or method in route.methods):
                     return route.result(segments)
+                return self._search(method, path, host, headers, query_string)
+        longest = self._longest_prefix(path, len(path))
+        routes = self._root_prefix if longest is None else longest[0]
+        if routes:
+            route = routes[0]
+            if route.plain and (route.methods is None or method in route.methods):
+                return route.found
+        elif not self._regexes:
+            return NOT_FOUND  # no route's path matches
         return self._search(method, path, host, headers, query_string)
+
+    def _longest_prefix(self, path: str, end: int) -> tuple[tuple[_Route, ...], int] | None:
+        """The routes of the longest `path_prefix` (other than "/") that `path[:end]` starts with, on a
+        segment boundary, and that prefix's length."""
+        slash = path.find("/", 1)
+        if (path[1:slash] if slash > 0 else path[1:]) not in self._prefix_heads:
+            return None  # a path whose first segment begins no prefix (a 404 then costs what a hit does)
+        while end > 0:
+            routes = self._prefixes.get(path[:end])
+            if routes is not None:
+                return routes, end
+            end = path.rfind("/", 0, end)
+        return None
 
     def _search(
         self, method: str, path: str, host: str | None, headers: Iterable, query_string: bytes
@@ -373,15 +395,10 @@ class Router:
             pending = [(self._trie, 0)]
             while (leaf := _next_leaf(segments, pending)) is not None:
                 yield leaf.routes, segments
-        end = 0
-        if self._prefixes:
-            slash = path.find("/", 1)
-            if (path[1:slash] if slash > 0 else path[1:]) in self._prefix_heads:
-                end = len(path)
-        while end > 0:
-            routes = self._prefixes.get(path[:end])
-            if routes is not None:
-                yield routes, None
+        end = len(path)
+        while (longest := self._longest_prefix(path, end)) is not None:
+            routes, end = longest
+            yield routes, None
             end = path.rfind("/", 0, end)
         if self._root_prefix:
             yield self._root_prefix, None
