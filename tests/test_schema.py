@@ -292,7 +292,7 @@ INVALID_VARIANTS = {
     "unknown top-level key": (_set(["routs"], []), "additionalProperties", ()),
     "unknown server key": (_set(["server", "port"], 8080), "additionalProperties", ("server",)),
     "unknown upstream key": (_set(["upstreams", "items", "target"], "http://x"), "additionalProperties", ("upstreams", "items")),
-    "unknown timeout key": (_set(["upstreams", "items", "timeouts", "read"], "5s"), "additionalProperties", ("upstreams", "items", "timeouts")),
+    "unknown timeout key": (_set(["upstreams", "items", "timeouts", "idle"], "5s"), "additionalProperties", ("upstreams", "items", "timeouts")),
     "unknown route key": (_set(ROUTE0 + ["methods"], ["GET"]), "additionalProperties", ("routes", 0)),
     "unknown match key": (_set(MATCH0 + ["paths"], ["/a"]), "additionalProperties", ("routes", 0, "match")),
     "unknown policy kind": (_set(["policies", "keyed", "ratelimit"], {}), "additionalProperties", ("policies", "keyed")),

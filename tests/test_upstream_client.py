@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 
-from gatewayd.upstream.errors import BadResponse, Closed
+from gatewayd.upstream.errors import BadResponse, Closed, ResponseTimeout
 from gatewayd.upstream.h1_connection import BODY, DONE, H1Connection, request_head
 from gatewayd.upstream.h1_pool import endpoint
 from gatewayd.upstream.proxy import HOP_BY_HOP, _response_headers
@@ -107,7 +107,43 @@ def test_a_body_cut_short_is_an_error_for_its_reader(loop):
     assert head.done() and conn.state == BODY and conn.take() == b"hel"
     conn.connection_lost(None)
     with pytest.raises(Closed):
-        loop.run_until_complete(conn.more())
+        loop.run_until_complete(conn.more(5.0))
+
+
+def test_a_body_that_stalls_past_the_read_timeout_ends_the_connection(loop):
+    conn, transport = connection(loop)
+    conn.send(b"GET / HTTP/1.1\r\n\r\n", False, None)
+    conn.data_received(OK + b"Content-Length: 10\r\n\r\nhel")
+    assert conn.take() == b"hel"
+    with pytest.raises(ResponseTimeout, match="nothing of the response body for 0.05s"):
+        loop.run_until_complete(conn.more(0.05))
+    assert transport.aborted and conn.closed
+
+
+def test_body_that_keeps_coming_is_not_timed_out(loop):
+    conn, _ = connection(loop)
+    conn.send(b"GET / HTTP/1.1\r\n\r\n", False, None)
+    conn.data_received(OK + b"Content-Length: 4\r\n\r\n")
+
+    async def trickle():
+        for byte in b"body":
+            await asyncio.sleep(0.03)
+            conn.data_received(bytes([byte]))
+
+    async def reader():
+        got = b""
+        while conn.state != DONE:
+            await conn.more(0.1)
+            got += conn.take()
+        return got
+
+    async def both():
+        feeding = asyncio.ensure_future(trickle())
+        got = await reader()
+        await feeding
+        return got
+
+    assert loop.run_until_complete(both()) == b"body"  # 0.12 s in all, never 0.1 s of silence
 
 
 def test_the_answer_to_head_has_no_body_whatever_its_length_says(loop):

@@ -150,6 +150,7 @@ class UpstreamConfig:
     connect_timeout: float
     response_timeout: float  # from the request's end (body included) to the response headers, all tries together
     max_connections: int
+    read_timeout: float = 60.0  # the longest silence while a response body is being received
     outlier: OutlierConfig = OutlierConfig()
     health: HealthCheckConfig | None = None  # None: no active checks
     slow_start: float = 0.0  # seconds
@@ -283,6 +284,7 @@ def _upstream(name: str, u: dict) -> UpstreamConfig:
         balance=u.get("balance", "round_robin"),
         connect_timeout=units.seconds(timeouts.get("connect", "1s")),
         response_timeout=units.seconds(timeouts.get("response", "30s")),
+        read_timeout=units.seconds(timeouts.get("read", "60s")),
         max_connections=u.get("max_connections", 100),
         outlier=OutlierConfig(
             consecutive_failures=outlier.get("consecutive_failures", 5),

@@ -1,10 +1,11 @@
-"""How an exchange with an upstream can fail, whichever client carried it (h1_connection.py for
-`http://` targets, reqwest.py for `https://`), and what the proxy makes of each failure.
+"""How an exchange with an upstream can fail (h1_connection.py, over TCP or TLS), and what the proxy
+makes of each failure.
 
     UpstreamError               the upstream failed us; `kind` is what the proxy reports and answers
     ├── Unreachable             no connection (refused, reset, unresolvable): 502
     ├── ConnectTimeout          no connection within `timeouts.connect`: 504
-    ├── ResponseTimeout         no response head within `timeouts.response` of the request's end: 504
+    ├── ResponseTimeout         no response head within `timeouts.response` of the request's end: 504;
+    │                           nothing of its body for `timeouts.read` once it started: cut off
     ├── BadResponse             an answer that is not HTTP/1.1 as RFC 9112 frames it: 502
     └── Closed                  the connection ended before the answer did: 502 before the head,
                                 a cut-off response after it. `stale` says no byte of an answer came

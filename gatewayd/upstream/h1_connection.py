@@ -150,13 +150,18 @@ class H1Connection(asyncio.Protocol):
             self.transport.resume_reading()
         return data
 
-    async def more(self) -> None:
-        """Wait until there is body to `take`, or it has ended (`state` DONE); raises what ended it otherwise."""
+    async def more(self, timeout: float) -> None:
+        """Wait until there is body to `take`, or it has ended (`state` DONE); raises what ended it
+        otherwise, a silence of `timeout` seconds included (`ResponseTimeout`, the connection closed)."""
         if self.body or self.state == DONE:
             return
         if self.error is None:
             waiter = self.waiter = self.loop.create_future()
-            await waiter
+            timer = self.loop.call_later(timeout, self._silent, timeout)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
         if self.error is not None and not self.body:
             raise self.error
 
@@ -300,6 +305,9 @@ class H1Connection(asyncio.Protocol):
     def _timed_out(self, timeout: float) -> None:
         self.timer = None
         self.fail(ResponseTimeout(f"no response within {timeout:g}s"))
+
+    def _silent(self, timeout: float) -> None:
+        self.fail(ResponseTimeout(f"the upstream sent nothing of the response body for {timeout:g}s"))
 
     def _ended(self) -> None:
         """The connection is over: its slot in the pool is free."""

@@ -29,7 +29,7 @@ async def check(pool, ep, path: bytes, timeout: float) -> bool:
             head = request_head(b"GET", path, ep.authority, _FIELDS)
             conn = await pool.h1.request(ep, head, False, None, False, timeout, True)
             while conn.state != DONE:
-                await conn.more()
+                await conn.more(timeout)
                 conn.take()
             return 200 <= conn.status < 400
     except (TimeoutError, UpstreamError):

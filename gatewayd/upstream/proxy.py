@@ -100,6 +100,7 @@ def compile_proxy(
     extra_down = response_edit.extra
     dated = response_edit.keeps_date
     response_timeout = upstream.config.response_timeout
+    read_timeout = upstream.config.read_timeout
     too_large = body_too_large(max_body_bytes)
     rotation = upstream.rotation
     endpoints = upstream.endpoints
@@ -240,7 +241,7 @@ def compile_proxy(
                 ex.sent = 0
                 while True:
                     try:
-                        await conn.more()
+                        await conn.more(read_timeout)
                     except (UpstreamError, BodyTooLarge, ClientDisconnected) as exc:
                         log.warning("upstream %s (%s): response cut off after %d bytes: %s",
                                     upstream_name, ep.url, ex.sent, exc or type(exc).__name__)

@@ -2,8 +2,9 @@
 the client a 502 (or, once the response has started streaming, a response cut off by a closed
 connection, and one line in the log), and never a mixed-up response: the request after it, on the
 gateway's pooled upstream connections, gets its own answer. Also the upstream's pace: a slow head
-gets 504 and frees its connection, a slow upload does not count against the response timeout, and
-a kept-alive connection that the upstream closed is not the request's failure."""
+gets 504 and frees its connection, a body that stalls past `timeouts.read` is cut off, a slow upload
+does not count against the response timeout, and a kept-alive connection that the upstream closed is
+not the request's failure."""
 
 from __future__ import annotations
 
@@ -23,7 +24,10 @@ server:
 upstreams:
   rec: {{targets: ["{rec}"], max_connections: 2, timeouts: {{response: 5s}}}}
   impatient: {{targets: ["{rec}"], max_connections: 1, timeouts: {{response: 400ms}}, retries: {{attempts: 1}}}}
+  stalling: {{targets: ["{rec}"], max_connections: 1, timeouts: {{read: 300ms}}}}
 routes:
+  - match: {{path_prefix: /stalling}}
+    upstream: stalling
   - match: {{path_prefix: /impatient}}
     upstream: impatient
   - match: {{path_prefix: /}}
@@ -70,6 +74,8 @@ def answer(seen):
     name = seen.target.strip("/").split("/")[0]
     if name == "impatient":
         return impatient(seen)
+    if name == "stalling":  # 2 bytes of 10, and then nothing: the connection is left open
+        return OK_HEAD + b"Content-Length: 10\r\n\r\nok"
     if name in ANSWERS:
         raw = ANSWERS[name][0]
         return (raw, "close") if name in CLOSED_AFTER else raw
@@ -152,6 +158,20 @@ def test_a_slow_head_is_504_and_frees_the_only_connection(gw):
     after = exchange(gw.port, request("/impatient/next"), timeout=8.0)
     assert after.status == 200 and after.responses[0].body == b"GET /impatient/next 0", after.raw[:300]
     assert time.monotonic() - started < SLOW_HEAD_S, "the next request waited for the timed-out one's connection"
+
+
+def test_a_body_that_stalls_past_the_read_timeout_is_cut_off_and_frees_the_connection(gw):
+    """timeouts.read (300ms here): the upstream sends 2 bytes of 10 and then nothing, on its only
+    connection: the response, started, is cut off soon after, with one line in the log, and the next
+    request gets a new connection."""
+    started = time.monotonic()
+    got = exchange(gw.port, request("/stalling/first"), timeout=8.0, wait_close=5.0)
+    waited = time.monotonic() - started
+    assert got.raw.startswith(b"HTTP/1.1 200") and got.raw.endswith(b"ok") and got.closed, got.raw[:300]
+    assert 0.3 <= waited < 3.0, waited
+    assert "sent nothing of the response body for 0.3s" in gw.log()
+    again = exchange(gw.port, request("/stalling/second"), timeout=8.0, wait_close=5.0)
+    assert again.raw.startswith(b"HTTP/1.1 200") and again.closed, again.raw[:300]
 
 
 def slow_upload(port: int, path: str, pieces: int, pause: float, chunked: bool) -> bytes:
