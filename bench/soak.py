@@ -30,7 +30,7 @@ sigterm  clients on fresh connections to a proxied route whose upstream takes 20
          complete with 200, and gatewayd must exit 0.
 
 Needs nginx and wrk (Debian: apt-get install -y nginx-light wrk) and the project's virtualenv
-(pyreqwest is a dependency). Prints a Markdown report; --output FILE writes it too. Exit status 1
+(with the `bench` extra, for pyreqwest). Prints a Markdown report; --output FILE writes it too. Exit status 1
 when a phase missed its target.
 """
 

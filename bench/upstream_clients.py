@@ -8,7 +8,7 @@ embedded server (one process, uvloop, ``Interfaces.ASGINL``, as gatewayd serves)
 ``GET /v1/items/42`` to an upstream nginx that answers 13 bytes of JSON, over pooled keep-alive
 connections, with the response streamed back chunk by chunk as gatewayd does:
 
-* pyreqwest (Rust's reqwest, gatewayd's client): ``client.request(...).build_streamed()`` and a
+* pyreqwest (Rust's reqwest, gatewayd's client until it got its own): ``client.request(...).build_streamed()`` and a
   ``body_reader.read_chunk()`` loop, with the builder options gatewayd uses;
 * aiohttp: a tuned ``ClientSession`` (``TCPConnector(limit=100, keepalive_timeout=60,
   ttl_dns_cache=None)``, ``auto_decompress=False``), streamed with ``resp.content.iter_any()``;
