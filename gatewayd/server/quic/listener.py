@@ -132,6 +132,7 @@ class _Connection:
     h3: EarlyDataH3 | None = None
     timer: asyncio.TimerHandle | None = None
     timer_at: float | None = None
+    due: bool = False  # in its endpoint's list of connections to transmit for
     closed: bool = False
 
 
@@ -151,6 +152,7 @@ class QuicEndpoint(asyncio.DatagramProtocol):
         self.tickets = tickets
         self.loop = asyncio.get_running_loop()
         self.connections: dict[bytes, _Connection] = {}  # by each of its connection ids
+        self.due: list[_Connection] = []  # connections with something to send, flushed once per loop iteration
         self.queue: asyncio.Queue = asyncio.Queue(QUEUE_DATAGRAMS)
         self.transport: asyncio.DatagramTransport | None = None
         self.server: tuple[str, int] | None = None
@@ -236,10 +238,30 @@ class QuicEndpoint(asyncio.DatagramProtocol):
                     self._forget(conn)
                 if conn.h3 is not None:
                     await conn.h3.handle(event)
-        self._transmit(conn)
+        self._transmit_soon(conn)
 
     async def _send(self, conn: _Connection) -> None:
-        self._transmit(conn)
+        self._transmit_soon(conn)
+
+    def _transmit_soon(self, conn: _Connection) -> None:
+        """Transmit for `conn` once the datagrams and responses of this loop iteration are in.
+
+        Hypercorn asks to send after each HEADERS and DATA frame and each stream's end, and each
+        datagram received asks too: sending then would cost a packet (encryption, a system call, an
+        acknowledgement back) per frame. One `datagrams_to_send` per iteration puts the responses of
+        all the streams answered in it, and the acknowledgements, into as few packets as they fill."""
+        if conn.due:
+            return
+        conn.due = True
+        self.due.append(conn)
+        if len(self.due) == 1:
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        due, self.due = self.due, []
+        for conn in due:
+            conn.due = False
+            self._transmit(conn)
 
     def _transmit(self, conn: _Connection) -> None:
         """Send what the connection has to send, and set its timer to the time it asks for."""
