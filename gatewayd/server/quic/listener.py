@@ -48,6 +48,7 @@ from ..hypercorn_engine import GatewayConfig
 from ..sockets import bind
 from .early_data import EarlyDataH3
 from .tickets import TicketStore
+from .udp import enlarge_buffers
 
 log = logging.getLogger("gatewayd.quic")
 
@@ -161,6 +162,7 @@ class QuicEndpoint(asyncio.DatagramProtocol):
     def connection_made(self, transport) -> None:
         self.transport = transport
         self.server = transport.get_extra_info("sockname")[:2]
+        enlarge_buffers(transport.get_extra_info("socket"))
 
     def datagram_received(self, data: bytes, addr) -> None:
         try:
