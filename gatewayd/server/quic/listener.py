@@ -23,7 +23,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from dataclasses import dataclass, field
+from collections import deque
+from dataclasses import dataclass
 from functools import partial
 
 from aioquic.buffer import Buffer
@@ -50,14 +51,16 @@ from ...dispatch import exchange
 from ...store import HostStore
 from ..hypercorn_engine import GatewayConfig
 from ..sockets import bind
+from . import eager
 from .cids import WorkerConnection
 from .early_data import EarlyDataH3
 from .steering import Steering
 from .tickets import TicketStore
+from .udp import enlarge_buffers
 
 log = logging.getLogger("gatewayd.quic")
 
-QUEUE_DATAGRAMS = 256  # per socket, waiting to be processed; beyond that they are dropped, as UDP may be
+BACKLOG_DATAGRAMS = 256  # per connection, waiting while its events' handler waits; beyond that they are dropped, as UDP may be
 SMALLEST_INITIAL = 1200  # bytes: a client's first datagram is padded to at least this (RFC 9000 section 14.1)
 DRAIN_POLL_S = 0.05
 
@@ -106,7 +109,6 @@ async def serve(
                 )  # fmt: skip
                 await loop.create_datagram_endpoint(lambda e=endpoint: e, sock=sock)
                 endpoints.append(endpoint)
-                task_group.spawn(endpoint.run)
             exchange.STANDING_HEADERS[:] = [(b"alt-svc", alt_svc(quic))]
             log.info(
                 "HTTP/3 on %s (UDP), early data: %s",
@@ -139,10 +141,13 @@ class _Stopped(Exception):
 class _Connection:
     quic: QuicConnection
     cids: set[bytes]
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # its events are handled in order, by one task at a time
+    # while the handler of its events waits (in a task, see `eager`): the datagrams that arrive
+    # meanwhile, handled after it, in order
+    backlog: deque | None = None
     h3: EarlyDataH3 | None = None
     timer: asyncio.TimerHandle | None = None
     timer_at: float | None = None
+    due: bool = False  # in its endpoint's list of connections to transmit for
     closed: bool = False
 
 
@@ -163,7 +168,7 @@ class QuicEndpoint(asyncio.DatagramProtocol):
         self.tickets = tickets
         self.loop = asyncio.get_running_loop()
         self.connections: dict[bytes, _Connection] = {}  # by each of its connection ids
-        self.queue: asyncio.Queue = asyncio.Queue(QUEUE_DATAGRAMS)
+        self.due: list[_Connection] = []  # connections with something to send, flushed once per loop iteration
         self.transport: asyncio.DatagramTransport | None = None
         self.server: tuple[str, int] | None = None
         self.state: dict = {}
@@ -171,27 +176,20 @@ class QuicEndpoint(asyncio.DatagramProtocol):
     def connection_made(self, transport) -> None:
         self.transport = transport
         self.server = transport.get_extra_info("sockname")[:2]
+        enlarge_buffers(transport.get_extra_info("socket"))
 
     def datagram_received(self, data: bytes, addr) -> None:
         try:
-            self.queue.put_nowait((data, addr))
-        except asyncio.QueueFull:
-            pass
+            self._datagram(data, addr)
+        except Exception:
+            log.exception("QUIC datagram from %s could not be handled", addr)
 
     @property
     def busy(self) -> bool:
         """Whether any request is still in flight."""
         return any(c.h3 is not None and c.h3.streams for c in self.connections.values())
 
-    async def run(self) -> None:
-        while True:
-            data, addr = await self.queue.get()
-            try:
-                await self._datagram(data, addr)
-            except Exception:
-                log.exception("QUIC datagram from %s could not be handled", addr)
-
-    async def _datagram(self, data: bytes, addr) -> None:
+    def _datagram(self, data: bytes, addr) -> None:
         try:
             header = pull_quic_header(Buffer(data=data), host_cid_length=self.quic_config.connection_id_length)
         except ValueError:
@@ -212,8 +210,12 @@ class QuicEndpoint(asyncio.DatagramProtocol):
             ):
                 return
             conn = self._accept(header.destination_cid)
+        if conn.backlog is not None:
+            if len(conn.backlog) < BACKLOG_DATAGRAMS:
+                conn.backlog.append((data, addr))
+            return
         conn.quic.receive_datagram(data, addr, now=self.loop.time())
-        await self._handle_events(conn, addr)
+        self._handle_events(conn, addr)
 
     def _accept(self, original_cid: bytes) -> _Connection:
         quic = WorkerConnection(
@@ -231,28 +233,69 @@ class QuicEndpoint(asyncio.DatagramProtocol):
             self.connections[cid] = conn
         return conn
 
-    async def _handle_events(self, conn: _Connection, client) -> None:
-        async with conn.lock:
-            while (event := conn.quic.next_event()) is not None:
-                if isinstance(event, ProtocolNegotiated):
-                    conn.h3 = EarlyDataH3(
-                        self.app, self.hconfig, self.context, self.task_group, self.state,
-                        client, self.server, conn.quic, partial(self._send, conn),
-                    )  # fmt: skip
-                elif isinstance(event, ConnectionIdIssued):
-                    conn.cids.add(event.connection_id)
-                    self.connections[event.connection_id] = conn
-                elif isinstance(event, ConnectionIdRetired):
-                    conn.cids.discard(event.connection_id)
-                    self.connections.pop(event.connection_id, None)
-                elif isinstance(event, ConnectionTerminated):
-                    self._forget(conn)
-                if conn.h3 is not None:
-                    await conn.h3.handle(event)
-        self._transmit(conn)
+    def _handle_events(self, conn: _Connection, client) -> None:
+        """Handle the connection's events now; if that has to wait, finish in a task, and keep the
+        connection's datagrams until then."""
+        coro = self._events(conn, client)
+        done, waiting = eager.start(coro)
+        if not done:
+            conn.backlog = deque()
+            self.task_group.spawn(self._events_later, conn, coro, waiting)
+
+    async def _events(self, conn: _Connection, client) -> None:
+        while (event := conn.quic.next_event()) is not None:
+            if isinstance(event, ProtocolNegotiated):
+                conn.h3 = EarlyDataH3(
+                    self.app, self.hconfig, self.context, self.task_group, self.state,
+                    client, self.server, conn.quic, partial(self._send, conn),
+                )  # fmt: skip
+            elif isinstance(event, ConnectionIdIssued):
+                conn.cids.add(event.connection_id)
+                self.connections[event.connection_id] = conn
+            elif isinstance(event, ConnectionIdRetired):
+                conn.cids.discard(event.connection_id)
+                self.connections.pop(event.connection_id, None)
+            elif isinstance(event, ConnectionTerminated):
+                self._forget(conn)
+            if conn.h3 is not None:
+                await conn.h3.handle(event)
+        self._transmit_soon(conn)
+
+    async def _events_later(self, conn: _Connection, coro, waiting) -> None:
+        """The rest of `_handle_events`, then the datagrams that arrived meanwhile, in order."""
+        try:
+            await eager.finish(coro, waiting)
+            while conn.backlog:
+                data, addr = conn.backlog.popleft()
+                conn.quic.receive_datagram(data, addr, now=self.loop.time())
+                await self._events(conn, addr)
+        except Exception:
+            log.exception("QUIC connection's events could not be handled")
+        finally:
+            conn.backlog = None
 
     async def _send(self, conn: _Connection) -> None:
-        self._transmit(conn)
+        self._transmit_soon(conn)
+
+    def _transmit_soon(self, conn: _Connection) -> None:
+        """Transmit for `conn` once the datagrams and responses of this loop iteration are in.
+
+        Hypercorn asks to send after each HEADERS and DATA frame and each stream's end, and each
+        datagram received asks too: sending then would cost a packet (encryption, a system call, an
+        acknowledgement back) per frame. One `datagrams_to_send` per iteration puts the responses of
+        all the streams answered in it, and the acknowledgements, into as few packets as they fill."""
+        if conn.due:
+            return
+        conn.due = True
+        self.due.append(conn)
+        if len(self.due) == 1:
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        due, self.due = self.due, []
+        for conn in due:
+            conn.due = False
+            self._transmit(conn)
 
     def _transmit(self, conn: _Connection) -> None:
         """Send what the connection has to send, and set its timer to the time it asks for."""
@@ -272,13 +315,11 @@ class QuicEndpoint(asyncio.DatagramProtocol):
             return
         conn.quic.handle_timer(now=self.loop.time())
         self._transmit(conn)
-        self.task_group.spawn(self._events_after_timer, conn)
-
-    async def _events_after_timer(self, conn: _Connection) -> None:
-        try:
-            await self._handle_events(conn, None)
-        except Exception:
-            log.exception("QUIC connection timer failed")
+        if conn.backlog is None:  # else the handler waiting takes the timer's events with the rest
+            try:
+                self._handle_events(conn, None)
+            except Exception:
+                log.exception("QUIC connection timer failed")
 
     def _forget(self, conn: _Connection) -> None:
         conn.closed = True
