@@ -496,12 +496,17 @@ POLICED = f"""
   - match: {{path_prefix: /policed}}
     policies: [guarded]
     upstream: demo
+  - match: {{path_prefix: /bounded}}
+    policies: [bounded]
+    upstream: demo
 policies:
   guarded:
     cors: {{origins: ["{POLICY_ORIGIN}"], headers: [Authorization]}}
     api_key: {{keys: [{{id: acme, key: {POLICY_KEY}}}]}}
     rate_limit: {{limit: 1000, per: 1s, burst: 1000, key: consumer}}
     validate: {{required_query: [v]}}
+  bounded:
+    validate: {{max_body: 1KiB}}
 """
 
 
@@ -538,6 +543,41 @@ def test_policies_answer_alike_over_every_version(policed, version):
     assert status == 200, body
     assert json.loads(body)["headers"]["x-consumer-id"] == "acme"
     assert "ratelimit" in headers and "ratelimit-policy" in headers
+
+
+def test_an_upload_going_on_after_its_413_is_stopped_and_the_connection_kept(policed):
+    """A body still coming after its stream was answered (413 past max_body) is dropped and the client
+    asked to stop sending (STOP_SENDING, H3_NO_ERROR); the connection goes on serving, and the
+    gateway logs no traceback for it."""
+
+    async def go():
+        config = QuicConfiguration(is_client=True, alpn_protocols=H3_ALPN, server_name="localhost")
+        config.load_verify_locations(policed.ca)
+        async with connect(HOST, policed.port, configuration=config, create_protocol=H3Client) as client:
+            stream_id = client._quic.get_next_available_stream_id()
+            head = [(b":method", b"POST"), (b":scheme", b"https"), (b":authority", HOST.encode()), (b":path", b"/bounded/up")]
+            r = client.pending[stream_id] = {"headers": [], "body": b"", "t_headers": None, "done": asyncio.get_running_loop().create_future()}
+            client.http.send_headers(stream_id, head)
+            client.http.send_data(stream_id, b"z" * 2048, end_stream=False)
+            client.transmit()
+            async with asyncio.timeout(RESPONSE_TIMEOUT_S):
+                await r["done"]
+                for _ in range(20):  # 80 KiB more, after the answer
+                    try:
+                        client.http.send_data(stream_id, b"z" * 4096, end_stream=False)
+                    except Exception:  # the stream's sending side was reset on the server's request
+                        break
+                    client.transmit()
+                    await asyncio.sleep(0.01)
+                after = client.send_request("GET", "/static")
+                await after["done"]
+            return Response(r), Response(after)
+
+    refused, after = run(go())
+    assert refused.status == 413 and refused.json()["error"] == "body_too_large"
+    assert after.status == 200 and after.body == b"static over any HTTP"
+    time.sleep(0.2)
+    assert "Traceback" not in policed.gw.log(), policed.gw.log()[-3000:]
 
 
 # --- 0-RTT with ngtcp2's client ---------------------------------------------------------------------------

@@ -14,6 +14,7 @@ and the proxy forwards the others with `Early-Data: 1`.
 
 from __future__ import annotations
 
+from aioquic.h3.connection import ErrorCode
 from aioquic.quic.events import HandshakeCompleted, QuicEvent
 from hypercorn.protocol.h3 import H3Protocol
 
@@ -25,12 +26,18 @@ class EarlyDataH3(H3Protocol):
 
     Hypercorn gives each new request stream the protocol's `app`; until the handshake completes,
     that is a wrapper that flags the request's scope as early data.
+
+    Also, body data for a stream already answered (a 413 before the upload ended) or never taken
+    (during shutdown) is dropped, and the client asked to stop sending it (STOP_SENDING with
+    H3_NO_ERROR, RFC 9114 section 4.1.1), where Hypercorn looked the stream up, failed and logged
+    a traceback for each such datagram.
     """
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._after_handshake = self.app
         self.app = _MarkEarly(self.app)
+        self.streams = _Streams(self.connection._quic)
 
     async def handle(self, quic_event: QuicEvent) -> None:
         if isinstance(quic_event, HandshakeCompleted):
@@ -49,3 +56,33 @@ class _MarkEarly:
     async def __call__(self, scope, *rest) -> None:
         scope["extensions"][EARLY_DATA] = True
         await self.app(scope, *rest)
+
+
+class _Streams(dict):
+    """Hypercorn's streams by id; a stream it no longer (or never) had takes its events as `_gone`."""
+
+    def __init__(self, quic) -> None:
+        super().__init__()
+        self.quic = quic
+        self.stopped: set[int] = set()  # streams already asked to stop sending
+
+    def __missing__(self, stream_id: int) -> _Gone:
+        return _Gone(self, stream_id)
+
+
+class _Gone:
+    """What takes the events of a stream that has no request any more: a STOP_SENDING, once."""
+
+    __slots__ = ("streams", "stream_id")
+
+    def __init__(self, streams: _Streams, stream_id: int) -> None:
+        self.streams, self.stream_id = streams, stream_id
+
+    async def handle(self, event) -> None:
+        stopped = self.streams.stopped
+        if self.stream_id not in stopped:
+            stopped.add(self.stream_id)
+            try:
+                self.streams.quic.stop_stream(self.stream_id, ErrorCode.H3_NO_ERROR)
+            except ValueError:  # not a stream the client sends on, or one aioquic has forgotten
+                pass
