@@ -22,7 +22,8 @@ SCRIPT LOAD; the commands a script runs are counted there too, and left out), th
 decisions that asked Redis for nothing (a decision that asked for a lease is one that
 synchronises; no decision of either ever waits for Redis: both decide in a plain function call,
 and a sync runs on a timer), and a decision's cost in process (perf_counter_ns around it, a
-clock read included).
+clock read included). Its column `first 100 ms` is what the key, new to every instance, admitted
+in the run's first 100 ms: what a burst on a new key (an attacker's, say) gets from N instances.
 
 The bounds printed next to the measured figures, for a steady overload (R = limit's rate, N
 instances, S the slice in tokens, I the sync interval):
