@@ -231,8 +231,10 @@ async def sync_run(link: RedisLink, job: dict) -> dict:
         decide = lambda now: (model.admit(job["name"], now), False)  # noqa: E731
         return await offer(decide, job["t0"], job["seconds"], job["offered"])
     finally:
-        model.running = False  # not a cancel, which a call in flight may swallow: the task syncs on
-        await task  # in another run's counts otherwise
+        # not a cancel: redis-py 8.1's asyncio client loses one that comes while a call awaits its
+        # reply (the call returns), and the task would sync on into the next run's counts
+        model.running = False
+        await task
 
 
 def instance(url: str, conn) -> None:
