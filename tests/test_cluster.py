@@ -17,7 +17,8 @@ from aioquic.tls import CipherSuite, SessionTicket
 
 from gatewayd.cluster import same_redis
 from gatewayd.cluster.buckets import KEY_PREFIX, MAX_KEYS_PER_CALL, ClusterLeaser, bucket_key, calls
-from gatewayd.cluster.link import BACKOFF_S, MAX_BACKOFF_S, RedisLink, Unavailable, after_call, url_problems
+from gatewayd.cluster.clients import sentinel_address, sentinel_problems, url_problems
+from gatewayd.cluster.link import BACKOFF_S, MAX_BACKOFF_S, RedisLink, Unavailable, after_call
 from gatewayd.cluster.sketches import Sketches
 from gatewayd.cluster.tickets import SharedTickets
 from gatewayd.config.model import ClusterConfig
@@ -56,9 +57,9 @@ class Ex:
         self.extra = list(pairs)
 
 
-async def member(url: str, spec: dict, on_error: str = "fail_open", mode: str = "single", timeout: float = TIMEOUT_S):
+async def member(url: str, spec: dict, on_error: str = "fail_open", mode: str = "single", timeout: float = TIMEOUT_S, sentinels=()):
     """One gateway's part, connected: its link, leaser, limiter (on a host store of its own) and request step."""
-    link = RedisLink(url, timeout, 4, mode)
+    link = RedisLink(url, timeout, 4, mode, tuple(sentinels))
     link.start()
     await link.connect()
     leaser = ClusterLeaser(link)
@@ -105,11 +106,22 @@ def test_link_state_table():
         ("redis://h/3", "cluster", "only database 0"),
         ("unix:///run/redis.sock", "cluster", "over TCP"),
         ("unix://", "single", "names a socket file"),
+        ("redis://:secret@mymaster/2", "sentinel", None),
+        ("rediss://mymaster", "sentinel", None),
+        ("redis://mymaster:6379/0", "sentinel", "no port"),
+        ("unix:///run/redis.sock", "sentinel", "not a socket"),
     ],
 )
 def test_url_problems(url, mode, problem):
     found = url_problems(url, mode)
     assert (found == []) if problem is None else (len(found) == 1 and problem in found[0]), found
+
+
+def test_sentinel_addresses():
+    assert sentinel_address("10.0.0.1:26380") == ("10.0.0.1", 26380)
+    assert sentinel_address("sentinel-a.internal") == ("sentinel-a.internal", 26379)
+    assert sentinel_address("[::1]:5000") == ("::1", 5000)
+    assert sentinel_problems("h:26379") == [] and "out of range" in sentinel_problems("h:70000")[0]
 
 
 def test_calls_split_large_batches_and_group_by_slot():
@@ -346,7 +358,10 @@ def test_cluster_section_is_read_with_defaults(tmp_path):
     text = CONFIG.format(cluster='cluster:\n  redis: {url: "redis://10.0.0.1:6379/0"}\n', extra="")
     config = load_bytes(text.encode(), str(tmp_path / "gateway.yaml"))
     assert (config.cluster.url, config.cluster.timeout, config.cluster.pool) == ("redis://10.0.0.1:6379/0", 0.05, 16)
-    assert (config.cluster.mode, config.cluster.on_error) == ("single", "fail_open")
+    assert (config.cluster.mode, config.cluster.on_error, config.cluster.sentinels) == ("single", "fail_open", ())
+    sentinel = 'cluster:\n  redis: {url: "redis://mymaster/0", mode: sentinel, sentinels: ["10.0.0.1", "10.0.0.2:26380"]}\n'
+    config = load_bytes(CONFIG.format(cluster=sentinel, extra="").encode(), str(tmp_path / "gateway.yaml"))
+    assert (config.cluster.mode, config.cluster.sentinels) == ("sentinel", ("10.0.0.1", "10.0.0.2:26380"))
 
 
 @pytest.mark.parametrize(
@@ -357,6 +372,11 @@ def test_cluster_section_is_read_with_defaults(tmp_path):
         ('cluster:\n  redis: {url: "redis://h:6379/0", timeout: 0s}\n', "", "gateway.yaml:3:45", "timeout must be more than 0s"),
         ('cluster:\n  redis: {url: "http://h:6379/0"}\n', "", "gateway.yaml:3:16", "is not valid"),
         ('cluster:\n  redis: {url: "redis://h/0"}\n  on_error: sometimes\n', "", "gateway.yaml:4:13", "fail_open"),
+        ('cluster:\n  redis: {url: "redis://m/0", mode: sentinel}\n', "", "gateway.yaml:3:37", "list them in `sentinels`"),
+        ('cluster:\n  redis: {url: "redis://h/0", sentinels: ["h:1"]}\n', "", "gateway.yaml:3:31", "read only with mode: sentinel"),
+        ('cluster:\n  redis: {url: "redis://m/0", mode: sentinel, sentinels: ["h:1", "a b"]}\n', "", "gateway.yaml:3:66", "sentinel's address"),
+        ('cluster:\n  redis: {url: "redis://m/0", mode: sentinel, sentinels: ["h:99999"]}\n', "", "gateway.yaml:3:59", "out of range"),
+        ('cluster:\n  redis: {url: "redis://m:1/0", mode: sentinel, sentinels: ["h"]}\n', "", "gateway.yaml:3:16", "no port"),
     ],
 )
 def test_cluster_problems_are_located(tmp_path, cluster, extra, where, message):
