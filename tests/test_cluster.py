@@ -29,7 +29,7 @@ from gatewayd.policies.rate_limit import REJECTED, Limiter, key_function, rate_l
 from gatewayd.server.quic.tickets import TicketStore
 from gatewayd.store import MemoryStore
 from gatewayd.store.base import take_tokens
-from redisproc import redis_cluster
+from redisproc import SERVICE, RedisClusterNodes, SentinelGroup
 
 TIMEOUT_S = 0.05
 
@@ -388,41 +388,77 @@ def test_cluster_problems_are_located(tmp_path, cluster, extra, where, message):
 # --- Redis Cluster --------------------------------------------------------------------------------
 
 
-def test_leases_tickets_and_sketches_on_a_redis_cluster_of_three_masters(tmp_path):
-    nodes = redis_cluster(tmp_path / "cluster")
-    try:
+def test_leases_tickets_and_sketches_on_a_redis_cluster_of_three_masters(redis_server):
+    nodes = redis_server("cluster").nodes
 
-        async def run():
-            spec = {"limit": 1000, "per": "1h", "burst": 10, "key": ["route", "header:X-Tenant"]}  # full again in 7 s
-            link, limiter, _ = one = await member(nodes[0].url, spec, mode="cluster", timeout=0.5)  # a loaded machine
-            step = rate_limit_step(limiter, key_function(spec["key"], ()), REJECTED.labels("p"))
-            for tenant in range(40):  # keys in many slots, so on every master
-                ex = Ex()
-                ex.scope["headers"] = [(b"x-tenant", b"%d" % tenant)]
-                assert step(ex, time.time()) is None
-            deadline = time.monotonic() + 5
-            while any(s.pending for s in limiter.shares.values()) and time.monotonic() < deadline:
-                await asyncio.sleep(0.01)
-            assert link.up and all(s.credit > 0 for s in limiter.shares.values())
-            per_node = [len(redis.Redis(port=n.port).keys(b"gatewayd/{?}ratelimit/*")) for n in nodes]
-            assert sum(per_node) == 40 and all(per_node), per_node
-            shared = SharedTickets(link)
-            await shared.connect()
-            tickets = TicketStore(shared)
-            tickets.add(ticket(b"c" * 64))
-            await asyncio.sleep(0.05)
-            assert tickets.take(b"c" * 64) is not None and tickets.take(b"c" * 64) is None
-            sketches = [Sketches(link, Observed(), name) for name in ("host-a:1", "host-b:2")]
-            for each in sketches:
-                await each.publish()
-            doc = await sketches[0].document()  # SCAN over every master, one MGET in the hash tag's slot
-            assert (doc["scope"], doc["instances"], doc["workers"]) == ("cluster", 2, 2)
-            await close(one)
+    async def run():
+        spec = {"limit": 1000, "per": "1h", "burst": 10, "key": ["route", "header:X-Tenant"]}  # full again in 7 s
+        link, limiter, _ = one = await member(nodes[0].url, spec, mode="cluster", timeout=0.5)  # a loaded machine
+        step = rate_limit_step(limiter, key_function(spec["key"], ()), REJECTED.labels("p"))
+        for tenant in range(40):  # keys in many slots, so on every master
+            ex = Ex()
+            ex.scope["headers"] = [(b"x-tenant", b"%d" % tenant)]
+            assert step(ex, time.time()) is None
+        deadline = time.monotonic() + 5
+        while any(s.pending for s in limiter.shares.values()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert link.up and all(s.credit > 0 for s in limiter.shares.values())
+        per_node = [len(redis.Redis(port=n.port).keys(b"gatewayd/{?}ratelimit/*")) for n in nodes]
+        assert sum(per_node) == 40 and all(per_node), per_node
+        shared = SharedTickets(link)
+        await shared.connect()
+        tickets = TicketStore(shared)
+        tickets.add(ticket(b"c" * 64))
+        await asyncio.sleep(0.05)
+        assert tickets.take(b"c" * 64) is not None and tickets.take(b"c" * 64) is None
+        sketches = [Sketches(link, Observed(), name) for name in ("host-a:1", "host-b:2")]
+        for each in sketches:
+            await each.publish()
+        doc = await sketches[0].document()  # SCAN over every master, one MGET in the hash tag's slot
+        assert (doc["scope"], doc["instances"], doc["workers"]) == ("cluster", 2, 2)
+        await close(one)
 
-        asyncio.run(run())
-    finally:
-        for node in nodes:
-            node.stop()
+    asyncio.run(run())
+
+
+# --- Redis Sentinel -------------------------------------------------------------------------------
+
+
+def test_members_follow_the_master_the_sentinels_promote_when_it_dies(redis_server):
+    """Two members share a limit through the sentinels' master, which is then killed: they decide
+    without Redis (fail_open) and, without a restart, lease from the replica the sentinel promotes
+    (500 ms without an answer, then the failover, then the link's next probe: 2 s apart at most)."""
+    group = redis_server("sentinel")
+    old = group.master()
+
+    async def run():
+        spec = {"limit": 2000, "per": "1s", "burst": 10, "key": "route"}
+        members = [await member(f"redis://{SERVICE}/0", spec, mode="sentinel", timeout=0.25, sentinels=group.addresses) for _ in range(2)]
+        links = [link for link, _, _ in members]
+
+        async def steps(until, seconds: float) -> list:
+            answers, t0 = [], time.monotonic()
+            while not until() and time.monotonic() - t0 < seconds:
+                answers += [step(Ex(), time.time()) for _, _, step in members]
+                await asyncio.sleep(0.005)
+            return answers
+
+        await steps(lambda: old.script_calls() >= 2, 5)
+        assert old.script_calls() >= 2 and all(link.up for link in links)
+        old.kill()
+        killed = time.monotonic()
+        answers = await steps(lambda: not any(link.up for link in links), 5)
+        assert not any(link.up for link in links)
+        answers += await steps(lambda: all(link.up for link in links) and group.master() is not old, 15)
+        new = group.master()
+        answers += await steps(lambda: new.script_calls() >= 2, 5)
+        followed = time.monotonic() - killed
+        assert new is not old and new.script_calls() >= 2 and all(link.up for link in links)
+        assert followed < 10, followed
+        assert all(a is None or a.status == 429 for a in answers)  # fail_open meanwhile: no 503
+        await close(*members)
+
+    asyncio.run(run())
 
 
 def test_unavailable_is_raised_at_once_while_down():
