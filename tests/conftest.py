@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from redisproc import RedisServer
+import redisproc
 
 ROOT = Path(__file__).resolve().parents[1]
 UPSTREAM_SCRIPT = ROOT / "examples" / "upstream.py"
@@ -308,17 +308,21 @@ def _subdir(base: Path, name: str) -> Path:
 # --- redis ------------------------------------------------------------------------------------
 
 
+MODES = ("single", "sentinel", "cluster")  # cluster.redis.mode
+
+
 @pytest.fixture
 def redis_server(tmp_path):
-    """Factory: `redis_server()` starts a real redis-server on a free port (tests/redisproc.py),
-    stopped at teardown."""
-    started: list[RedisServer] = []
+    """Factory: `redis_server(mode="single")` starts real redis-server processes on free ports
+    (tests/redisproc.py): one server, a master with its replica and a sentinel (`sentinel`), or a
+    Redis Cluster of three masters (`cluster`); stopped at teardown."""
+    started: list = []
 
-    def start(*extra: str) -> RedisServer:
-        server = RedisServer(tmp_path / f"redis{len(started)}", *extra).start()
-        started.append(server)
-        return server
+    def start(mode: str = "single"):
+        made = redisproc.start(mode, tmp_path / f"redis{len(started)}")
+        started.append(made)
+        return made
 
     yield start
-    for server in started:
-        server.stop()
+    for made in started:
+        made.stop()

@@ -17,7 +17,8 @@ from aioquic.tls import CipherSuite, SessionTicket
 
 from gatewayd.cluster import same_redis
 from gatewayd.cluster.buckets import KEY_PREFIX, MAX_KEYS_PER_CALL, ClusterLeaser, bucket_key, calls
-from gatewayd.cluster.link import BACKOFF_S, MAX_BACKOFF_S, RedisLink, Unavailable, after_call, url_problems
+from gatewayd.cluster.clients import sentinel_address, sentinel_problems, url_problems
+from gatewayd.cluster.link import BACKOFF_S, MAX_BACKOFF_S, RedisLink, Unavailable, after_call
 from gatewayd.cluster.sketches import Sketches
 from gatewayd.cluster.tickets import SharedTickets
 from gatewayd.config.model import ClusterConfig
@@ -28,7 +29,7 @@ from gatewayd.policies.rate_limit import REJECTED, Limiter, key_function, rate_l
 from gatewayd.server.quic.tickets import TicketStore
 from gatewayd.store import MemoryStore
 from gatewayd.store.base import take_tokens
-from redisproc import redis_cluster
+from redisproc import SERVICE, RedisClusterNodes, SentinelGroup
 
 TIMEOUT_S = 0.05
 
@@ -56,9 +57,9 @@ class Ex:
         self.extra = list(pairs)
 
 
-async def member(url: str, spec: dict, on_error: str = "fail_open", mode: str = "single", timeout: float = TIMEOUT_S):
+async def member(url: str, spec: dict, on_error: str = "fail_open", mode: str = "single", timeout: float = TIMEOUT_S, sentinels=()):
     """One gateway's part, connected: its link, leaser, limiter (on a host store of its own) and request step."""
-    link = RedisLink(url, timeout, 4, mode)
+    link = RedisLink(url, timeout, 4, mode, tuple(sentinels))
     link.start()
     await link.connect()
     leaser = ClusterLeaser(link)
@@ -105,11 +106,22 @@ def test_link_state_table():
         ("redis://h/3", "cluster", "only database 0"),
         ("unix:///run/redis.sock", "cluster", "over TCP"),
         ("unix://", "single", "names a socket file"),
+        ("redis://:secret@mymaster/2", "sentinel", None),
+        ("rediss://mymaster", "sentinel", None),
+        ("redis://mymaster:6379/0", "sentinel", "no port"),
+        ("unix:///run/redis.sock", "sentinel", "not a socket"),
     ],
 )
 def test_url_problems(url, mode, problem):
     found = url_problems(url, mode)
     assert (found == []) if problem is None else (len(found) == 1 and problem in found[0]), found
+
+
+def test_sentinel_addresses():
+    assert sentinel_address("10.0.0.1:26380") == ("10.0.0.1", 26380)
+    assert sentinel_address("sentinel-a.internal") == ("sentinel-a.internal", 26379)
+    assert sentinel_address("[::1]:5000") == ("::1", 5000)
+    assert sentinel_problems("h:26379") == [] and "out of range" in sentinel_problems("h:70000")[0]
 
 
 def test_calls_split_large_batches_and_group_by_slot():
@@ -346,7 +358,10 @@ def test_cluster_section_is_read_with_defaults(tmp_path):
     text = CONFIG.format(cluster='cluster:\n  redis: {url: "redis://10.0.0.1:6379/0"}\n', extra="")
     config = load_bytes(text.encode(), str(tmp_path / "gateway.yaml"))
     assert (config.cluster.url, config.cluster.timeout, config.cluster.pool) == ("redis://10.0.0.1:6379/0", 0.05, 16)
-    assert (config.cluster.mode, config.cluster.on_error) == ("single", "fail_open")
+    assert (config.cluster.mode, config.cluster.on_error, config.cluster.sentinels) == ("single", "fail_open", ())
+    sentinel = 'cluster:\n  redis: {url: "redis://mymaster/0", mode: sentinel, sentinels: ["10.0.0.1", "10.0.0.2:26380"]}\n'
+    config = load_bytes(CONFIG.format(cluster=sentinel, extra="").encode(), str(tmp_path / "gateway.yaml"))
+    assert (config.cluster.mode, config.cluster.sentinels) == ("sentinel", ("10.0.0.1", "10.0.0.2:26380"))
 
 
 @pytest.mark.parametrize(
@@ -357,6 +372,11 @@ def test_cluster_section_is_read_with_defaults(tmp_path):
         ('cluster:\n  redis: {url: "redis://h:6379/0", timeout: 0s}\n', "", "gateway.yaml:3:45", "timeout must be more than 0s"),
         ('cluster:\n  redis: {url: "http://h:6379/0"}\n', "", "gateway.yaml:3:16", "is not valid"),
         ('cluster:\n  redis: {url: "redis://h/0"}\n  on_error: sometimes\n', "", "gateway.yaml:4:13", "fail_open"),
+        ('cluster:\n  redis: {url: "redis://m/0", mode: sentinel}\n', "", "gateway.yaml:3:37", "list them in `sentinels`"),
+        ('cluster:\n  redis: {url: "redis://h/0", sentinels: ["h:1"]}\n', "", "gateway.yaml:3:31", "read only with mode: sentinel"),
+        ('cluster:\n  redis: {url: "redis://m/0", mode: sentinel, sentinels: ["h:1", "a b"]}\n', "", "gateway.yaml:3:66", "sentinel's address"),
+        ('cluster:\n  redis: {url: "redis://m/0", mode: sentinel, sentinels: ["h:99999"]}\n', "", "gateway.yaml:3:59", "out of range"),
+        ('cluster:\n  redis: {url: "redis://m:1/0", mode: sentinel, sentinels: ["h"]}\n', "", "gateway.yaml:3:16", "no port"),
     ],
 )
 def test_cluster_problems_are_located(tmp_path, cluster, extra, where, message):
@@ -368,41 +388,77 @@ def test_cluster_problems_are_located(tmp_path, cluster, extra, where, message):
 # --- Redis Cluster --------------------------------------------------------------------------------
 
 
-def test_leases_tickets_and_sketches_on_a_redis_cluster_of_three_masters(tmp_path):
-    nodes = redis_cluster(tmp_path / "cluster")
-    try:
+def test_leases_tickets_and_sketches_on_a_redis_cluster_of_three_masters(redis_server):
+    nodes = redis_server("cluster").nodes
 
-        async def run():
-            spec = {"limit": 1000, "per": "1h", "burst": 10, "key": ["route", "header:X-Tenant"]}  # full again in 7 s
-            link, limiter, _ = one = await member(nodes[0].url, spec, mode="cluster", timeout=0.5)  # a loaded machine
-            step = rate_limit_step(limiter, key_function(spec["key"], ()), REJECTED.labels("p"))
-            for tenant in range(40):  # keys in many slots, so on every master
-                ex = Ex()
-                ex.scope["headers"] = [(b"x-tenant", b"%d" % tenant)]
-                assert step(ex, time.time()) is None
-            deadline = time.monotonic() + 5
-            while any(s.pending for s in limiter.shares.values()) and time.monotonic() < deadline:
-                await asyncio.sleep(0.01)
-            assert link.up and all(s.credit > 0 for s in limiter.shares.values())
-            per_node = [len(redis.Redis(port=n.port).keys(b"gatewayd/{?}ratelimit/*")) for n in nodes]
-            assert sum(per_node) == 40 and all(per_node), per_node
-            shared = SharedTickets(link)
-            await shared.connect()
-            tickets = TicketStore(shared)
-            tickets.add(ticket(b"c" * 64))
-            await asyncio.sleep(0.05)
-            assert tickets.take(b"c" * 64) is not None and tickets.take(b"c" * 64) is None
-            sketches = [Sketches(link, Observed(), name) for name in ("host-a:1", "host-b:2")]
-            for each in sketches:
-                await each.publish()
-            doc = await sketches[0].document()  # SCAN over every master, one MGET in the hash tag's slot
-            assert (doc["scope"], doc["instances"], doc["workers"]) == ("cluster", 2, 2)
-            await close(one)
+    async def run():
+        spec = {"limit": 1000, "per": "1h", "burst": 10, "key": ["route", "header:X-Tenant"]}  # full again in 7 s
+        link, limiter, _ = one = await member(nodes[0].url, spec, mode="cluster", timeout=0.5)  # a loaded machine
+        step = rate_limit_step(limiter, key_function(spec["key"], ()), REJECTED.labels("p"))
+        for tenant in range(40):  # keys in many slots, so on every master
+            ex = Ex()
+            ex.scope["headers"] = [(b"x-tenant", b"%d" % tenant)]
+            assert step(ex, time.time()) is None
+        deadline = time.monotonic() + 5
+        while any(s.pending for s in limiter.shares.values()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert link.up and all(s.credit > 0 for s in limiter.shares.values())
+        per_node = [len(redis.Redis(port=n.port).keys(b"gatewayd/{?}ratelimit/*")) for n in nodes]
+        assert sum(per_node) == 40 and all(per_node), per_node
+        shared = SharedTickets(link)
+        await shared.connect()
+        tickets = TicketStore(shared)
+        tickets.add(ticket(b"c" * 64))
+        await asyncio.sleep(0.05)
+        assert tickets.take(b"c" * 64) is not None and tickets.take(b"c" * 64) is None
+        sketches = [Sketches(link, Observed(), name) for name in ("host-a:1", "host-b:2")]
+        for each in sketches:
+            await each.publish()
+        doc = await sketches[0].document()  # SCAN over every master, one MGET in the hash tag's slot
+        assert (doc["scope"], doc["instances"], doc["workers"]) == ("cluster", 2, 2)
+        await close(one)
 
-        asyncio.run(run())
-    finally:
-        for node in nodes:
-            node.stop()
+    asyncio.run(run())
+
+
+# --- Redis Sentinel -------------------------------------------------------------------------------
+
+
+def test_members_follow_the_master_the_sentinels_promote_when_it_dies(redis_server):
+    """Two members share a limit through the sentinels' master, which is then killed: they decide
+    without Redis (fail_open) and, without a restart, lease from the replica the sentinel promotes
+    (500 ms without an answer, then the failover, then the link's next probe: 2 s apart at most)."""
+    group = redis_server("sentinel")
+    old = group.master()
+
+    async def run():
+        spec = {"limit": 2000, "per": "1s", "burst": 10, "key": "route"}
+        members = [await member(f"redis://{SERVICE}/0", spec, mode="sentinel", timeout=0.25, sentinels=group.addresses) for _ in range(2)]
+        links = [link for link, _, _ in members]
+
+        async def steps(until, seconds: float) -> list:
+            answers, t0 = [], time.monotonic()
+            while not until() and time.monotonic() - t0 < seconds:
+                answers += [step(Ex(), time.time()) for _, _, step in members]
+                await asyncio.sleep(0.005)
+            return answers
+
+        await steps(lambda: old.script_calls() >= 2, 5)
+        assert old.script_calls() >= 2 and all(link.up for link in links)
+        old.kill()
+        killed = time.monotonic()
+        answers = await steps(lambda: not any(link.up for link in links), 5)
+        assert not any(link.up for link in links)
+        answers += await steps(lambda: all(link.up for link in links) and group.master() is not old, 15)
+        new = group.master()
+        answers += await steps(lambda: new.script_calls() >= 2, 5)
+        followed = time.monotonic() - killed
+        assert new is not old and new.script_calls() >= 2 and all(link.up for link in links)
+        assert followed < 10, followed
+        assert all(a is None or a.status == 429 for a in answers)  # fail_open meanwhile: no 503
+        await close(*members)
+
+    asyncio.run(run())
 
 
 def test_unavailable_is_raised_at_once_while_down():

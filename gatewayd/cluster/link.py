@@ -8,28 +8,22 @@ at once, without waiting on the network, until a background probe gets a PING an
 what to do instead (a rate limit's `on_error`); nothing here raises anything but `Unavailable`.
 
 The client is redis-py's asyncio client (`redis.asyncio`): the project's own, maintained with
-Redis, with TLS (`rediss://`), Redis Cluster and Sentinel, and hiredis's parser when installed. Its
-own retries are off, since the link decides when to try again; `pubsub()` gives others a channel.
+Redis, with TLS (`rediss://`), Redis Cluster and Sentinel, and hiredis's parser when installed;
+`clients.py` makes the one of each `mode`. Its own retries are off, since the link decides when to
+try again; `pubsub()` gives others a channel.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
-from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
-from redis import Redis as SyncRedis
-from redis import RedisCluster as SyncRedisCluster
-from redis.asyncio.retry import Retry
-from redis.retry import Retry as SyncRetry
-from redis.backoff import NoBackoff
-from redis.connection import parse_url
 from redis.exceptions import RedisClusterException, RedisError
+
+from .clients import close, close_blocking, make_blocking, make_client
 
 log = logging.getLogger("gatewayd.cluster")
 
@@ -71,11 +65,12 @@ def after_call(up: bool, since: float, backoff: float, ok: bool, now: float) -> 
 class RedisLink:
     """Made from `cluster.redis`; `start()` on the serving loop, `close()` when the process stops."""
 
-    def __init__(self, url: str, timeout: float, pool: int, mode: str = "single", clock=time.time):
+    def __init__(self, url: str, timeout: float, pool: int, mode: str = "single", sentinels: tuple[str, ...] = (), clock=time.time):
         self.url = url
         self.timeout = timeout
         self.pool = pool
         self.mode = mode
+        self.sentinels = sentinels
         self.clock = clock
         self.up = True
         self.since = clock()
@@ -88,7 +83,7 @@ class RedisLink:
     def start(self) -> None:
         """Make the client (on the running loop: its pool's locks belong to it)."""
         if self.client is None:
-            self.client = make_client(self.url, self.timeout, self.pool, self.mode)
+            self.client = make_client(self.url, self.timeout, self.pool, self.mode, self.sentinels)
 
     async def connect(self) -> None:
         """Reach Redis once ahead of the first call, allowing it `FIRST_CONTACT_S` (a Redis Cluster's
@@ -134,12 +129,11 @@ class RedisLink:
     async def _reconnect(self) -> None:
         """Probe with backoff until Redis answers. Its connections are made anew first: pooled ones
         to a Redis that went away would each fail once more after it is back."""
-        old, self.client = self.client, make_client(self.url, self.timeout, self.pool, self.mode)
+        old, self.client = self.client, make_client(self.url, self.timeout, self.pool, self.mode, self.sentinels)
         if self._blocking is not None:
             blocking, self._blocking = self._blocking, None
-            blocking.close()
-        with contextlib.suppress(Exception):  # closing connections to a server that is gone
-            await old.aclose()
+            close_blocking(blocking)
+        await close(old)
         while not self.up:
             await asyncio.sleep(self.backoff)
             try:
@@ -156,12 +150,7 @@ class RedisLink:
         per command: for callers that cannot await (aioquic asks for a session ticket inside a
         handshake). Made at first use; it holds one connection."""
         if self._blocking is None:
-            wait = min(self.timeout, BLOCKING_WAIT_S)
-            options = {"socket_timeout": wait, "socket_connect_timeout": wait, "retry": SyncRetry(NoBackoff(), 0)}
-            if self.mode == "cluster":
-                self._blocking = SyncRedisCluster.from_url(self.url, **options)
-            else:
-                self._blocking = SyncRedis.from_url(self.url, max_connections=1, **options)
+            self._blocking = make_blocking(self.url, min(self.timeout, BLOCKING_WAIT_S), self.mode, self.sentinels)
         return self._blocking
 
     @property
@@ -178,43 +167,11 @@ class RedisLink:
         if self._probe is not None:
             self._probe.cancel()
         if self._blocking is not None:
-            self._blocking.close()
+            close_blocking(self._blocking)
         if self.client is not None:
             client, self.client = self.client, None
-            with contextlib.suppress(Exception):  # closing connections to a server that is gone
-                await client.aclose()
+            await close(client)
 
 
 def _reason(exc: BaseException) -> str:
     return "no answer within the timeout" if isinstance(exc, TimeoutError) else (str(exc) or type(exc).__name__)
-
-
-def url_problems(url: str, mode: str) -> list[str]:
-    """What is wrong with `cluster.redis.url` (for `mode`) that the schema's pattern cannot say."""
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
-        parse_url(url)  # redis-py's own reading: its options in the query
-    except ValueError as exc:
-        return [f"not a Redis URL: {exc}"]
-    if parts.scheme == "unix":
-        if not parts.path:
-            return ["a unix:// URL names a socket file: unix:///path/to/redis.sock"]
-        return ["Redis Cluster (mode: cluster) is reached over TCP, not a unix socket"] if mode == "cluster" else []
-    if not parts.hostname:
-        return [f"no host in the URL: {parts.scheme}://HOST[:PORT][/DB]"]
-    db = parts.path.strip("/")
-    if db and not db.isdigit():
-        return [f"the database after the host must be a number, not {db!r}"]
-    if mode == "cluster" and db not in ("", "0"):
-        return ["a Redis Cluster has only database 0"]
-    return []
-
-
-def make_client(url: str, timeout: float, pool: int, mode: str):
-    """A redis-py asyncio client for `url`: `pool` connections at most (a call waits up to `timeout`
-    for one), socket timeouts of `timeout`, no retries of its own."""
-    options = {"socket_timeout": timeout, "socket_connect_timeout": timeout, "retry": Retry(NoBackoff(), 0)}
-    if mode == "cluster":
-        return RedisCluster.from_url(url, max_connections=pool, **options)
-    return Redis(connection_pool=BlockingConnectionPool.from_url(url, max_connections=pool, timeout=timeout, **options))

@@ -47,7 +47,7 @@ def same_redis(started: ClusterConfig | None, loaded: ClusterConfig | None) -> b
 class Cluster:
     def __init__(self, config: ClusterConfig, observer, instance: str):
         self.config = config
-        self.link = RedisLink(config.url, config.timeout, config.pool, config.mode)
+        self.link = RedisLink(config.url, config.timeout, config.pool, config.mode, config.sentinels)
         self.leaser = ClusterLeaser(self.link)
         self.tickets = SharedTickets(self.link)
         self.sketches = Sketches(self.link, observer, instance)

@@ -104,10 +104,11 @@ class ObservabilityConfig:
 class ClusterConfig:
     """`cluster`: the Redis that several gateways share (gatewayd/cluster/), read at start."""
 
-    url: str  # redis://, rediss:// or unix://
+    url: str  # redis://, rediss:// or unix://; with mode "sentinel", its host is the master's service name
     timeout: float = 0.05  # seconds: the longest wait for one answer from Redis
     pool: int = 16  # connections per worker process
-    mode: str = "single"  # "single" | "cluster" (Redis Cluster)
+    mode: str = "single"  # "single" | "cluster" (Redis Cluster) | "sentinel" (a master found through Redis Sentinel)
+    sentinels: tuple[str, ...] = ()  # with mode "sentinel": the sentinels' host[:port] addresses
     on_error: str = "fail_open"  # what rate limits do without Redis, unless a policy says: "fail_open" | "fail_closed"
 
 
@@ -221,6 +222,7 @@ def _cluster(cluster: dict | None) -> ClusterConfig | None:
         timeout=units.seconds(redis.get("timeout", "50ms")),
         pool=redis.get("pool", 16),
         mode=redis.get("mode", "single"),
+        sentinels=tuple(redis.get("sentinels", ())),
         on_error=cluster.get("on_error", "fail_open"),
     )
 

@@ -7,7 +7,7 @@ import os
 import re
 import ssl
 
-from ..cluster.link import url_problems
+from ..cluster.clients import sentinel_problems, url_problems
 from ..dispatch.actions.redirect import placeholders
 from ..dispatch.specs import route_spec
 from ..observe.otel import available as otel_available
@@ -106,7 +106,7 @@ def _policy_problems(config: Config) -> list[Problem]:
 
 
 def _cluster_problems(config: Config) -> list[Problem]:
-    """The Redis URL and timeout of `cluster`, and a rate limit's `on_error` without one."""
+    """The Redis URL, sentinels and timeout of `cluster`, and a rate limit's `on_error` without one."""
     at = config.marks.at
     cluster = config.cluster
     problems = []
@@ -117,6 +117,12 @@ def _cluster_problems(config: Config) -> list[Problem]:
                 problems.append(Problem(where, "on_error applies only to gateways that share limits: add a top-level `cluster` section, or remove it"))
         return problems
     problems += [Problem(at(("cluster", "redis", "url")), message) for message in url_problems(cluster.url, cluster.mode)]
+    if cluster.mode == "sentinel" and not cluster.sentinels:
+        problems.append(Problem(at(("cluster", "redis", "mode")), "mode: sentinel finds the master through the sentinels: list them in `sentinels` (host[:port])"))
+    if cluster.sentinels and cluster.mode != "sentinel":
+        problems.append(Problem(at(("cluster", "redis", "sentinels"), key=True), "sentinels are read only with mode: sentinel"))
+    for i, address in enumerate(cluster.sentinels):
+        problems += [Problem(at(("cluster", "redis", "sentinels", i)), message) for message in sentinel_problems(address)]
     if cluster.timeout <= 0:
         problems.append(Problem(at(("cluster", "redis", "timeout")), "timeout must be more than 0s"))
     return problems
